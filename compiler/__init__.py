@@ -1,0 +1,1 @@
+"""Generic compiler machinery: graph facade, canonicalization, reverse emitter, export. Knows no LRP maths."""

@@ -1,0 +1,266 @@
+"""Compilation: ONNX model in, ONNX model with explanation outputs out.
+
+The pipeline: load -> opset upgrade -> shape inference -> canonicalization ->
+explained tensor and target head -> one backward pass per distinct rule
+assignment (shared forward pass) and one in-graph Loop per sampling method ->
+outputs ``<method>/<input>`` -> metadata -> ``onnx.checker``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .._version import __version__
+from ..rules.methods import METHODS, Method, get_method
+from . import canonicalize as canon
+from .emit import emit_backward, differentiable_path, path_nodes
+from .errors import CompileError, Problem
+from .export import add_metadata, check, set_versions
+from .graph import Builder, Graph, load_model
+from .head import explained_tensor, make_target_input, one_hot_seed, resolve_target
+from .sampling import emit_sampling
+
+
+@dataclass
+class Request:
+    """A parsed compile request: methods with their full parameter sets."""
+
+    methods: list  # list of (Method, params dict)
+    output: Optional[str] = None
+    inputs: Optional[list] = None
+    strip_softmax: bool = True
+    fold_bn: bool = True
+    source: str = "model"
+
+
+def parse_methods(methods, params: Optional[dict] = None, source: str = "model") -> list:
+    """Normalize ``methods`` and ``params`` into ``[(Method, params), ...]``, reporting every problem.
+
+    ``methods`` is a name, a list of names, or a dict ``name -> params``.  ``params``
+    holds parameters for all methods that accept them (``"steps"``) or for one method
+    (``"integrated_gradients.steps"``).
+    """
+    if isinstance(methods, str):
+        methods = [methods]
+    per = {m: {} for m in methods} if not isinstance(methods, dict) else {m: dict(p or {}) for m, p in methods.items()}
+    problems, result = [], []
+    if not per:
+        problems.append(Problem(source, None, None, "no method given", f"choose from {', '.join(METHODS)}"))
+    for name in per:
+        if name not in METHODS:
+            problems.append(Problem(source, None, None, f"unknown method '{name}'",
+                                    f"choose from {', '.join(METHODS)} (see `onnxplain methods`)"))
+    general = {}
+    for key, value in (params or {}).items():
+        if "." in key and key.rsplit(".", 1)[0] in METHODS:
+            m, p = key.rsplit(".", 1)
+            if m in per:
+                per[m][p] = value
+            else:
+                problems.append(Problem(source, None, None, f"parameter '{key}' for a method not requested",
+                                        f"add -m {m}"))
+        else:
+            general[key] = value
+    known = set()
+    for name, own in per.items():
+        if name not in METHODS:
+            continue
+        m = METHODS[name]
+        full = m.defaults()
+        for key, value in list(general.items()) + list(own.items()):
+            p = m.param(key)
+            if p is None:
+                if key in own:
+                    problems.append(Problem(source, None, None, f"method '{name}' has no parameter '{key}'",
+                                            _accepted(m)))
+                continue
+            known.add(key)
+            try:
+                full[key] = p.parse(value)
+            except (TypeError, ValueError) as exc:
+                problems.append(Problem(source, None, None, f"parameter '{key}' of '{name}': {exc}", p.doc))
+        result.append((m, full))
+    for key in general:
+        if key not in known:
+            problems.append(Problem(source, None, None, f"no requested method has a parameter '{key}'",
+                                    "; ".join(_accepted(METHODS[n]) for n in per if n in METHODS)))
+    if problems:
+        raise CompileError(problems)
+    return result
+
+
+def _accepted(m: Method) -> str:
+    names = [p.name for p in m.params]
+    return f"'{m.name}' accepts {', '.join(names)}" if names else f"'{m.name}' takes no parameters"
+
+
+def prepare(model, source: Optional[str] = None, fold_bn: bool = True) -> Graph:
+    """Load, upgrade the opset, infer shapes and canonicalize; return the :class:`Graph`."""
+    src = source or (str(model) if isinstance(model, (str,)) or hasattr(model, "__fspath__") else "model")
+    proto = load_model(model, src)
+    proto = canon.upgrade_opset(proto, src)
+    g = Graph.from_model(proto, src)
+    _name_nodes(g)
+    canon.infer_shapes(g)
+    canon.canonicalize(g, fold_bn=fold_bn)
+    canon.infer_shapes(g)
+    return g
+
+
+def _name_nodes(g: Graph) -> None:
+    """Give every node a unique, non-empty name (provenance and rule assignment rely on it)."""
+    seen = set()
+    for n in g.nodes:
+        if not n.name or n.name in seen:
+            n.name = g.fresh(n.name or f"{n.op_type}_{n.output[0] if n.output else ''}")
+        seen.add(n.name)
+
+
+def _select_inputs(g: Graph, inputs) -> list:
+    floats = [i for i in g.input_names() if g.is_float(i)]
+    if inputs is None:
+        if not floats:
+            raise CompileError([Problem(g.source, None, None, "the model has no floating-point input to explain",
+                                        "explanations are computed w.r.t. float inputs")])
+        return floats
+    problems = [Problem(g.source, None, None, f"no float input named '{i}'", f"choose from {floats}")
+                for i in inputs if i not in floats]
+    if problems:
+        raise CompileError(problems)
+    return list(inputs)
+
+
+def _check_chunks(g: Graph, req_methods: list, wrt: list) -> None:
+    static = any(isinstance((g.shape(x) or [None])[0], int) for x in wrt)
+    problems = []
+    for m, p in req_methods:
+        if "chunk" not in p:
+            continue
+        count = p.get("steps", p.get("samples"))
+        if count < 1:
+            problems.append(Problem(g.source, None, None, f"'{m.name}' needs at least one step/sample",
+                                    "set steps/samples >= 1"))
+        if p["chunk"] == 0:
+            p["chunk"] = 1 if static else min(16, max(count, 1))
+        elif static and p["chunk"] != 1:
+            problems.append(Problem(g.source, None, None,
+                                    f"the model has a fixed batch size, so '{m.name}' cannot expand the batch "
+                                    f"by chunk={p['chunk']}", "use chunk=1 (or 0 = automatic)"))
+    if problems:
+        raise CompileError(problems)
+
+
+@dataclass
+class Compiled:
+    """The result of :func:`compile_graph`: the model and what was decided."""
+
+    model: onnx.ModelProto
+    outputs: dict = field(default_factory=dict)  # method -> {input: output name}
+    rules: dict = field(default_factory=dict)  # method -> {node: rule}
+    explained: str = ""
+    target_input: str = "target"
+
+
+def compile_graph(model, methods, params: Optional[dict] = None, output: Optional[str] = None,
+                  inputs: Optional[list] = None, strip_softmax: bool = True, fold_bn: bool = True,
+                  source: Optional[str] = None) -> Compiled:
+    """Compile ``model``; see :func:`onnxplain.compile` for the parameters."""
+    src = source or (str(model) if isinstance(model, str) or hasattr(model, "__fspath__") else "model")
+    req = parse_methods(methods, params, src)
+    g = prepare(model, src, fold_bn)
+    out_name = output or g.output_names()[0]
+    explained, note = explained_tensor(g, out_name, strip_softmax)
+    wrt = _select_inputs(g, inputs)
+    _check_chunks(g, req, wrt)
+    fwd = list(g.nodes)
+    main = g.nodes
+    tname, tvi, tinit = make_target_input(g)
+    head = Builder(g, main, "onnxplain/target")
+    target = resolve_target(head, explained, tname)
+    result = Compiled(model=None, explained=explained, target_input=tname)
+    produced, new_outputs = {}, []
+    for m, p in req:
+        log: dict = {}
+        if m.kind == "backward":
+            if m.key not in produced:
+                seed = one_hot_seed(head, explained, target)
+                produced[m.key] = (emit_backward(g, fwd, {explained: seed}, wrt, m.assign, main, log), log)
+            grads, log = produced[m.key]
+            maps = {x: _finish_backward(g, main, m, x, grads[x]) for x in wrt}
+        else:
+            maps = emit_sampling(g, main, m.name, p, fwd, explained, target, wrt, lambda n: m.assign(n)
+                                 if m.assign else _gradient(n), log)
+        result.rules[m.name] = log
+        result.outputs[m.name] = {}
+        for x, t in maps.items():
+            name = g.fresh(f"{m.name}/{x}")
+            main.append(helper.make_node("Identity", [t], [name], name=g.fresh(f"{m.name}/{x}/output")))
+            ti = g.tinfo(x)
+            new_outputs.append(helper.make_tensor_value_info(name, ti.dtype, ti.shape))
+            result.outputs[m.name][x] = name
+    proto = g.to_model(extra_inputs=[tvi], extra_outputs=new_outputs, extra_inits=[tinit])
+    set_versions(proto)
+    add_metadata(proto, {
+        "version": __version__, "methods": {m.name: p for m, p in req}, "rules": result.rules,
+        "explained_output": out_name, "explained_tensor": explained, "explained_note": note,
+        "explained_inputs": wrt, "target_input": tname, "outputs": result.outputs,
+        "canonicalization": {"fold_batchnorm": fold_bn, "strip_softmax": strip_softmax,
+                             "remove_identities": True, "fold_constants": True},
+    })
+    check(proto, src)
+    result.model = proto
+    return result
+
+
+def _gradient(node):
+    from ..rules.gradient import GRADIENT
+    return GRADIENT
+
+
+def _finish_backward(g: Graph, main: list, m: Method, x: str, grad: Optional[str]) -> str:
+    b = Builder(g, main, f"{m.name}/{x}")
+    if grad is None:
+        grad = b.zeros_like(x)
+    if m.times_input:
+        grad = b.op("Mul", grad, x)
+    return grad
+
+
+def check_model(model, methods="gradient", params: Optional[dict] = None, output: Optional[str] = None,
+                inputs: Optional[list] = None, strip_softmax: bool = True, fold_bn: bool = True,
+                source: Optional[str] = None) -> tuple:
+    """Dry-run compilation: return ``(rows, problems)``, rows = ``(node, op_type, {method: rule})``.
+
+    Every node is listed; ``rule`` is ``"-"`` for nodes off the differentiated path
+    and ``None`` where no rule applies.  All problems are collected.
+    """
+    src = source or (str(model) if isinstance(model, str) or hasattr(model, "__fspath__") else "model")
+    req = parse_methods(methods, params, src)
+    g = prepare(model, src, fold_bn)
+    out_name = output or g.output_names()[0]
+    explained, _ = explained_tensor(g, out_name, strip_softmax)
+    wrt = _select_inputs(g, inputs)
+    on_path = differentiable_path(g, g.nodes, wrt, [explained])
+    needed = {n.name for n in path_nodes(g, g.nodes, on_path)}
+    table = {n.name: (n.op_type, {}) for n in g.nodes}
+    problems = []
+    seen = {}
+    for m, _ in req:
+        assign = m.assign or _gradient
+        key = m.key or "gradient"
+        if key not in seen:
+            scratch = Graph.from_model(g.to_model(), src)
+            scratch.info.update(g.info)
+            res = emit_backward(scratch, list(scratch.nodes), {explained: explained}, wrt, assign, [],
+                                raise_problems=False)
+            seen[key] = res["__problems__"]
+            problems.extend(p for p in res["__problems__"] if p not in problems)
+        for n in g.nodes:
+            rule = assign(n) if n.name in needed else None
+            table[n.name][1][m.name] = "-" if n.name not in needed else (rule.name if rule else None)
+    rows = [(name, op, rules) for name, (op, rules) in table.items()]
+    return rows, problems

@@ -1,0 +1,74 @@
+"""Final assembly of a compiled model: outputs, opset and IR version, metadata, checks, atomic save."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import onnx
+from onnx import helper
+
+from .errors import CompileError, Problem
+
+#: Highest IR version we write (ONNX Runtime 1.17+ reads IR <= 9 for opset <= 20, 10 for opset 21+).
+MAX_IR_VERSION = 10
+
+
+def set_versions(model: onnx.ModelProto) -> None:
+    """Set the IR version explicitly: the lowest one the opsets need, at most :data:`MAX_IR_VERSION`."""
+    needed = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    model.ir_version = min(max(needed, 8), MAX_IR_VERSION)
+
+
+def add_metadata(model: onnx.ModelProto, entries: dict) -> None:
+    """Store ``entries`` (JSON-encoded unless strings) in ``metadata_props`` under ``onnxplain.*``."""
+    for key, value in entries.items():
+        full = f"onnxplain.{key}"
+        for p in list(model.metadata_props):
+            if p.key == full:
+                model.metadata_props.remove(p)
+        p = model.metadata_props.add()
+        p.key = full
+        p.value = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+def check(model: onnx.ModelProto, source: str = "model") -> None:
+    """Run the full ONNX checker and verify every node is in the default domain."""
+    bad = sorted({n.op_type for n in _all_nodes(model.graph) if n.domain not in ("", "ai.onnx")})
+    if bad:
+        raise CompileError([Problem(source, None, None,
+                                    f"the compiled graph would use non-default-domain ops {bad}",
+                                    "this is a bug in onnxplain; please report it")])
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:  # noqa: BLE001
+        raise CompileError([Problem(source, None, None, f"the compiled model fails onnx.checker: {exc}",
+                                    "this is a bug in onnxplain; please report it with the model")]) from None
+
+
+def _all_nodes(graph):
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sg in a.graphs:
+                    yield from _all_nodes(sg)
+
+
+def save_atomic(model: onnx.ModelProto, path: str) -> None:
+    """Write ``model`` to ``path`` through a temporary file and a rename: complete or absent."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".onnxplain-", suffix=".onnx.part", dir=folder)
+    os.close(fd)
+    try:
+        data = model.SerializeToString()
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,159 @@
+"""The small, scikit-learn-like public API: ``compile``, ``compile_file``, ``Explainer``, ``methods``, ``check``."""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import onnx
+
+from .compiler.api import check_model, compile_graph
+from .compiler.export import save_atomic
+from .rules.methods import METHODS
+
+
+def compile(model, methods: Union[str, Sequence[str], dict] = "gradient", *, output: Optional[str] = None,
+            inputs: Optional[Sequence[str]] = None, strip_softmax: bool = True, fold_bn: bool = True,
+            params: Optional[dict] = None, **kwargs) -> onnx.ModelProto:
+    """Compile an ONNX model into one whose extra outputs are explanation maps.
+
+    Parameters
+    ----------
+    model : str, os.PathLike, bytes or onnx.ModelProto
+        The model (external-data files are read next to a path).
+    methods : str, list of str or dict
+        Method names (see :func:`methods`), or a dict ``name -> {param: value}``.
+    output : str, optional
+        The explained output (default: the model's first output).
+    inputs : list of str, optional
+        The explained inputs (default: every floating-point input).
+    strip_softmax : bool
+        Explain the input of a final Softmax/LogSoftmax (the logit), as iNNvestigate and Zennit do.
+    fold_bn : bool
+        Fold BatchNormalization into the preceding Conv/Gemm where that is exact.
+    params : dict, optional
+        Parameters by name (``"steps"``) or by method (``"integrated_gradients.steps"``).
+    **kwargs
+        More parameters, as in ``params``.
+
+    Returns
+    -------
+    onnx.ModelProto
+        The original inputs and outputs, plus the optional int64 input ``target`` (shape [N];
+        negative or absent = top-scoring output) and one output ``<method>/<input>`` per method and
+        explained input, shaped like the input.
+
+    Raises
+    ------
+    CompileError
+        Listing every problem found (unknown method or parameter, unsupported nodes, ...).
+    """
+    merged = dict(params or {})
+    merged.update(kwargs)
+    return compile_graph(model, methods, merged, output, list(inputs) if inputs else None, strip_softmax,
+                         fold_bn).model
+
+
+def compile_file(model, out_path, methods="gradient", **kwargs) -> onnx.ModelProto:
+    """:func:`compile` and write the result to ``out_path`` atomically (complete or absent)."""
+    compiled = compile(model, methods, **kwargs)
+    save_atomic(compiled, out_path)
+    return compiled
+
+
+def methods() -> dict:
+    """The method registry: name -> :class:`~onnxplain.rules.methods.Method` (summary, parameters)."""
+    return dict(METHODS)
+
+
+def check(model, methods="gradient", **kwargs) -> tuple:
+    """Return ``(rows, problems)``: every node with the rule each method gives it, and every problem."""
+    params = {k: v for k, v in kwargs.items() if k not in ("output", "inputs", "strip_softmax", "fold_bn")}
+    opts = {k: v for k, v in kwargs.items() if k in ("output", "inputs", "strip_softmax", "fold_bn")}
+    return check_model(model, methods, params, **opts)
+
+
+class Explainer:
+    """Compile a model once and explain inputs with ONNX Runtime.
+
+    Parameters
+    ----------
+    model : str, os.PathLike, bytes or onnx.ModelProto
+        The model to explain.
+    methods : str, list of str or dict
+        As in :func:`compile`.
+    providers : list of str, optional
+        ONNX Runtime execution providers (default: CUDA where available, then CPU).
+    batch_size : int
+        Samples per inference; longer inputs run in batches with a progress bar.
+    threads : int, optional
+        Intra-op threads of the CPU provider.
+    **kwargs
+        Passed to :func:`compile`.
+
+    Examples
+    --------
+    >>> exp = Explainer("model.onnx", ["gradient", "smoothgrad"], samples=16)  # doctest: +SKIP
+    >>> maps = exp.explain(images, target=[3, 3, 5])  # doctest: +SKIP
+    >>> maps["smoothgrad"].shape == images.shape  # doctest: +SKIP
+    True
+    """
+
+    def __init__(self, model, methods="gradient", *, providers=None, batch_size: int = 16,
+                 threads: Optional[int] = None, progress: Optional[bool] = None, **kwargs):
+        from .runtime.session import CompiledRunner
+
+        self.compiled = compile(model, methods, **kwargs)
+        self.runner = CompiledRunner(self.compiled, providers, threads)
+        self.batch_size = max(1, int(batch_size))
+        self.progress = progress
+        self.outputs = self.runner.outputs
+
+    def explain(self, x, target=None, *, return_outputs: bool = False) -> dict:
+        """Explain ``x``.
+
+        Parameters
+        ----------
+        x : numpy.ndarray or dict
+            The input batch (or a dict input name -> array for several inputs).
+        target : int or array of int, optional
+            Class index per sample (default: each sample's top-scoring class).
+        return_outputs : bool
+            Also return the model's own outputs under ``"outputs"``.
+
+        Returns
+        -------
+        dict
+            ``method -> array`` shaped like the input (``method -> {input: array}`` when several
+            inputs are explained).
+        """
+        from tqdm.auto import tqdm
+
+        from .compiler.errors import InputError
+
+        inputs = x if isinstance(x, dict) else {self._single_input(): x}
+        n = len(next(iter(inputs.values())))
+        if any(len(v) != n for v in inputs.values()):
+            raise InputError("all inputs must have the same number of samples")
+        tgt = None if target is None else self.runner.check_target(target, n)
+        starts = range(0, n, self.batch_size)
+        show = self.progress if self.progress is not None else len(starts) > 1
+        pieces = []
+        for s in tqdm(starts, desc="explaining", unit="batch", disable=not show):
+            part = {k: np.asarray(v)[s:s + self.batch_size] for k, v in inputs.items()}
+            pieces.append(self.runner.run(part, None if tgt is None else tgt[s:s + self.batch_size]))
+        joined = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+        result = {}
+        for method, per_input in self.outputs.items():
+            maps = {inp: joined[name] for inp, name in per_input.items()}
+            result[method] = next(iter(maps.values())) if len(maps) == 1 else maps
+        if return_outputs:
+            result["outputs"] = {k: v for k, v in joined.items()
+                                 if k not in {o for d in self.outputs.values() for o in d.values()}}
+        return result
+
+    def _single_input(self) -> str:
+        names = [n for n in self.runner.input_meta if n != self.runner.target_input]
+        if len(names) != 1:
+            from .compiler.errors import InputError
+            raise InputError(f"the model has several inputs {names}: pass a dict name -> array")
+        return names[0]

@@ -1,0 +1,1 @@
+"""Domain knowledge: per-op backward adapters, rules and the method registry."""

@@ -1,0 +1,127 @@
+"""What every rule and per-op adapter shares: the emission context and the adapter registry.
+
+A *per-op adapter* knows the maths of one ONNX op: its exact backward
+(vector-Jacobian product, VJP) expressed as standard ONNX ops.  A *rule* decides
+how relevance or gradient flows backward through a node; the plain gradient rule
+simply calls the op's adapter.  Adapters are registered with :func:`vjp`.
+
+Adapter signature::
+
+    fn(ctx: Ctx, node: onnx.NodeProto, gy: list[str | None]) -> list[str | None]
+
+``gy[k]`` is the name of the gradient tensor of ``node.output[k]`` (or None when
+nothing flows back into that output); the result holds one entry per
+``node.input`` (None where no gradient is needed or it is identically zero).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import onnx
+
+from ..compiler.graph import Builder, Graph, attr, node_label
+
+#: op type -> VJP adapter
+VJP: dict = {}
+#: op types whose float output has a zero derivative almost everywhere
+ZERO_GRAD = {"Floor", "Ceil", "Round", "Sign", "Shape", "Size", "ArgMax", "ArgMin", "NonZero",
+             "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "IsNaN", "IsInf",
+             "RandomNormalLike", "RandomUniformLike", "EyeLike", "ConstantOfShape", "Range"}
+
+
+class Unsupported(Exception):
+    """Raised by an adapter that cannot handle one particular node; the message says why and what to do."""
+
+    def __init__(self, message: str, fix: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+
+def vjp(*op_types: str) -> Callable:
+    """Register the decorated function as the VJP adapter of ``op_types``."""
+    def deco(fn):
+        for t in op_types:
+            VJP[t] = fn
+        return fn
+    return deco
+
+
+@dataclass
+class Ctx:
+    """What an adapter or rule may use while emitting the backward of one node.
+
+    Attributes
+    ----------
+    b : Builder
+        Emits nodes named ``<forward node>/<rule>/<op>``.
+    g : Graph
+        Static shapes, dtypes and constant values.
+    needs : list of bool
+        ``needs[i]`` is True when ``node.input[i]`` lies on the differentiated path.
+    """
+
+    b: Builder
+    g: Graph
+    needs: list
+
+    def shape(self, name: str):
+        return self.g.shape(name)
+
+    def static_shape(self, name: str, node: onnx.NodeProto, what: str = "input") -> list:
+        """The fully static shape of ``name``; raise :class:`Unsupported` if any dim is unknown."""
+        s = self.g.shape(name)
+        if s is None or not all(isinstance(d, int) for d in s[1:]):
+            raise Unsupported(f"the {what} shape {s} of this node is not static",
+                              "export the model with fixed spatial sizes (a dynamic batch is fine)")
+        return s
+
+    def const(self, name: str) -> Optional[np.ndarray]:
+        return self.g.const(name)
+
+    def require_const(self, name: str, what: str) -> np.ndarray:
+        v = self.g.const(name) if name else None
+        if v is None:
+            raise Unsupported(f"its {what} is computed at run time; only constant {what}s are supported",
+                              "make it a constant (initializer) when exporting")
+        return v
+
+
+def node_attr(node, name, default=None):
+    return attr(node, name, default)
+
+
+def label(node) -> str:
+    return node_label(node)
+
+
+def unbroadcast(ctx: Ctx, grad: str, inp: str, out: str) -> str:
+    """Sum ``grad`` (shaped like ``out``) over the axes along which ``inp`` was broadcast."""
+    s_in, s_out = ctx.g.shape(inp), ctx.g.shape(out)
+    b = ctx.b
+    if s_in is not None and s_out is not None and list(s_in) == list(s_out):
+        return grad
+    if s_in is None or s_out is None:
+        raise Unsupported("the shapes of its inputs are unknown (broadcasting cannot be undone)",
+                          "run ONNX shape inference on the model or export it with static shapes")
+    lead = len(s_out) - len(s_in)
+    axes = list(range(lead))
+    for i, d in enumerate(s_in):
+        if d == 1 and s_out[lead + i] != 1:
+            axes.append(lead + i)
+    if not axes:
+        return grad
+    summed = b.reduce("ReduceSum", grad, axes, keepdims=1)
+    if lead:
+        summed = b.squeeze(summed, list(range(lead)))
+    return summed
+
+
+def where_positive(ctx: Ctx, x: str, then: str, other: Optional[str] = None) -> str:
+    """``Where(x > 0, then, other or 0)``."""
+    b = ctx.b
+    zero = b.scalar_like(0.0, x)
+    mask = b.op("Greater", x, zero)
+    return b.op("Where", mask, then, other if other is not None else b.scalar_like(0.0, x))

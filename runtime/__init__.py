@@ -1,0 +1,1 @@
+"""Running compiled models with ONNX Runtime (never needs onnx-graphsurgeon)."""
