@@ -7,6 +7,7 @@ outputs ``<method>/<input>`` -> metadata -> ``onnx.checker``.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -21,7 +22,8 @@ from .emit import emit_backward, differentiable_path, path_nodes
 from .errors import CompileError, Problem
 from .export import add_metadata, check, set_versions
 from .graph import Builder, Graph, load_model
-from .head import explained_tensor, make_target_input, one_hot_seed, resolve_target
+from .assign import AssignContext
+from .head import explained_tensor, explained_value, make_target_input, one_hot_seed, resolve_target
 from .sampling import emit_sampling
 
 
@@ -163,11 +165,12 @@ class Compiled:
     rules: dict = field(default_factory=dict)  # method -> {node: rule}
     explained: str = ""
     target_input: str = "target"
+    health: dict = field(default_factory=dict)
 
 
 def compile_graph(model, methods, params: Optional[dict] = None, output: Optional[str] = None,
                   inputs: Optional[list] = None, strip_softmax: bool = True, fold_bn: bool = True,
-                  source: Optional[str] = None) -> Compiled:
+                  health: bool = False, source: Optional[str] = None) -> Compiled:
     """Compile ``model``; see :func:`onnxplain.compile` for the parameters."""
     src = source or (str(model) if isinstance(model, str) or hasattr(model, "__fspath__") else "model")
     req = parse_methods(methods, params, src)
@@ -176,44 +179,108 @@ def compile_graph(model, methods, params: Optional[dict] = None, output: Optiona
     explained, note = explained_tensor(g, out_name, strip_softmax)
     wrt = _select_inputs(g, inputs)
     _check_chunks(g, req, wrt)
+    actx = AssignContext.build(g, wrt, explained)
+    assigns = _assigners(req, actx, src)
     fwd = list(g.nodes)
     main = g.nodes
     tname, tvi, tinit = make_target_input(g)
     head = Builder(g, main, "onnxplain/target")
     target = resolve_target(head, explained, tname)
     result = Compiled(model=None, explained=explained, target_input=tname)
-    produced, new_outputs = {}, []
-    for m, p in req:
-        log: dict = {}
-        if m.kind == "backward":
-            if m.key not in produced:
-                seed = one_hot_seed(head, explained, target)
-                produced[m.key] = (emit_backward(g, fwd, {explained: seed}, wrt, m.assign, main, log), log)
-            grads, log = produced[m.key]
-            maps = {x: _finish_backward(g, main, m, x, grads[x]) for x in wrt}
-        else:
-            maps = emit_sampling(g, main, m.name, p, fwd, explained, target, wrt, lambda n: m.assign(n)
-                                 if m.assign else _gradient(n), log)
-        result.rules[m.name] = log
-        result.outputs[m.name] = {}
-        for x, t in maps.items():
-            name = g.fresh(f"{m.name}/{x}")
-            main.append(helper.make_node("Identity", [t], [name], name=g.fresh(f"{m.name}/{x}/output")))
-            ti = g.tinfo(x)
-            new_outputs.append(helper.make_tensor_value_info(name, ti.dtype, ti.shape))
-            result.outputs[m.name][x] = name
+    emitted = _emit_methods(g, req, assigns, fwd, main, head, explained, target, wrt, result)
+    new_outputs = _add_outputs(g, main, emitted, result)
+    if health:
+        new_outputs += _health_outputs(g, main, head, emitted, explained, target, result)
     proto = g.to_model(extra_inputs=[tvi], extra_outputs=new_outputs, extra_inits=[tinit])
     set_versions(proto)
     add_metadata(proto, {
         "version": __version__, "methods": {m.name: p for m, p in req}, "rules": result.rules,
         "explained_output": out_name, "explained_tensor": explained, "explained_note": note,
-        "explained_inputs": wrt, "target_input": tname, "outputs": result.outputs,
+        "explained_inputs": wrt, "target_input": tname, "outputs": result.outputs, "health": result.health,
         "canonicalization": {"fold_batchnorm": fold_bn, "strip_softmax": strip_softmax,
-                             "remove_identities": True, "fold_constants": True},
+                             "remove_identities": True, "fold_constants": True, "fold_shape_computations": True},
     })
     check(proto, src)
     result.model = proto
     return result
+
+
+def _assigners(req: list, actx: AssignContext, src: str) -> dict:
+    """Method name -> ``assign(node) -> Rule`` for this graph; every problem reported at once."""
+    out, problems = {}, []
+    for m, p in req:
+        if m.make_assign is None:
+            out[m.name] = m.assign or _gradient
+            continue
+        try:
+            out[m.name] = m.make_assign(actx, p)
+        except CompileError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise CompileError(problems)
+    return out
+
+
+def _seed(head: Builder, m: Method, explained: str, target: str) -> str:
+    """The backward seed: one-hot (gradients) or one-hot times the explained logit (relevance)."""
+    hot = one_hot_seed(head, explained, target)
+    if m.seed != "logit":
+        return hot
+    return head.op("Mul", explained, hot)
+
+
+def _emit_methods(g, req, assigns, fwd, main, head, explained, target, wrt, result) -> dict:
+    """Emit every method; return ``method -> {input: map tensor}``. Equal backward passes are shared."""
+    produced, emitted = {}, {}
+    for m, p in req:
+        log: dict = {}
+        if m.kind == "backward":
+            key = (m.key or m.name, json.dumps(p, sort_keys=True, default=str))
+            if key not in produced:
+                seed = _seed(head, m, explained, target)
+                produced[key] = (emit_backward(g, fwd, {explained: seed}, wrt, assigns[m.name], main, log), log)
+            grads, log = produced[key]
+            emitted[m.name] = {x: _finish_backward(g, main, m, x, grads[x]) for x in wrt}
+        else:
+            emitted[m.name] = emit_sampling(g, main, m.name, p, fwd, explained, target, wrt, assigns[m.name], log)
+        result.rules[m.name] = log
+    return emitted
+
+
+def _add_outputs(g: Graph, main: list, emitted: dict, result: Compiled) -> list:
+    outs = []
+    for method, maps in emitted.items():
+        result.outputs[method] = {}
+        for x, t in maps.items():
+            name = g.fresh(f"{method}/{x}")
+            main.append(helper.make_node("Identity", [t], [name], name=g.fresh(f"{method}/{x}/output")))
+            ti = g.tinfo(x)
+            outs.append(helper.make_tensor_value_info(name, ti.dtype, ti.shape))
+            result.outputs[method][x] = name
+    return outs
+
+
+def _health_outputs(g, main, head, emitted, explained, target, result) -> list:
+    """Monitoring outputs: the explained value, and per method the map sum and a finite flag ([N] each)."""
+    b = Builder(g, main, "onnxplain/health")
+    value = g.fresh("explained_value")
+    main.append(helper.make_node("Identity", [explained_value(b, explained, target)], [value],
+                                 name=g.fresh("onnxplain/health/explained_value")))
+    dt = g.dtype(explained)
+    outs = [helper.make_tensor_value_info(value, dt, ["N"])]
+    result.health["explained_value"] = value
+    for method, maps in emitted.items():
+        flat = [b.op("Reshape", t, b.ints([0, -1])) for t in maps.values()]
+        cat = flat[0] if len(flat) == 1 else b.op("Concat", *flat, axis=1)
+        total, finite = g.fresh(f"{method}/relevance_sum"), g.fresh(f"{method}/finite")
+        main.append(helper.make_node("ReduceSum", [cat, b.ints([1])], [total], keepdims=0, name=g.fresh(total)))
+        bad = b.op("Or", b.op("IsNaN", cat), b.op("IsInf", cat))
+        main.append(helper.make_node("Not", [b.op("Cast", b.reduce("ReduceMax", b.op("Cast", bad, to=6), [1],
+                                                                   keepdims=0), to=9)], [finite], name=g.fresh(finite)))
+        outs += [helper.make_tensor_value_info(total, g.dtype(next(iter(maps))), ["N"]),
+                 helper.make_tensor_value_info(finite, 9, ["N"])]
+        result.health[method] = {"relevance_sum": total, "finite": finite}
+    return outs
 
 
 def _gradient(node):

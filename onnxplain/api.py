@@ -13,7 +13,7 @@ from .rules.methods import METHODS
 
 def compile(model, methods: Union[str, Sequence[str], dict] = "gradient", *, output: Optional[str] = None,
             inputs: Optional[Sequence[str]] = None, strip_softmax: bool = True, fold_bn: bool = True,
-            params: Optional[dict] = None, **kwargs) -> onnx.ModelProto:
+            health: bool = False, params: Optional[dict] = None, **kwargs) -> onnx.ModelProto:
     """Compile an ONNX model into one whose extra outputs are explanation maps.
 
     Parameters
@@ -30,6 +30,10 @@ def compile(model, methods: Union[str, Sequence[str], dict] = "gradient", *, out
         Explain the input of a final Softmax/LogSoftmax (the logit), as iNNvestigate and Zennit do.
     fold_bn : bool
         Fold BatchNormalization into the preceding Conv/Gemm where that is exact.
+    health : bool
+        Add monitoring outputs: ``explained_value`` [N] (the explained logit) and per method
+        ``<method>/relevance_sum`` [N] (the map summed over every explained input) and
+        ``<method>/finite`` [N] (bool: no NaN/Inf in the sample's maps).
     params : dict, optional
         Parameters by name (``"steps"``) or by method (``"integrated_gradients.steps"``).
     **kwargs
@@ -50,7 +54,7 @@ def compile(model, methods: Union[str, Sequence[str], dict] = "gradient", *, out
     merged = dict(params or {})
     merged.update(kwargs)
     return compile_graph(model, methods, merged, output, list(inputs) if inputs else None, strip_softmax,
-                         fold_bn).model
+                         fold_bn, health).model
 
 
 def compile_file(model, out_path, methods="gradient", **kwargs) -> onnx.ModelProto:
@@ -67,8 +71,9 @@ def methods() -> dict:
 
 def check(model, methods="gradient", **kwargs) -> tuple:
     """Return ``(rows, problems)``: every node with the rule each method gives it, and every problem."""
-    params = {k: v for k, v in kwargs.items() if k not in ("output", "inputs", "strip_softmax", "fold_bn")}
-    opts = {k: v for k, v in kwargs.items() if k in ("output", "inputs", "strip_softmax", "fold_bn")}
+    keys = ("output", "inputs", "strip_softmax", "fold_bn", "health")
+    params = {k: v for k, v in kwargs.items() if k not in keys}
+    opts = {k: v for k, v in kwargs.items() if k in keys and k != "health"}
     return check_model(model, methods, params, **opts)
 
 

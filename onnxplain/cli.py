@@ -47,6 +47,9 @@ def _add_model_options(p: argparse.ArgumentParser, default_method: Optional[str]
                         "(default: explain the pre-softmax logit, as iNNvestigate and Zennit do)")
     p.add_argument("--no-fold-bn", action="store_true",
                    help="do not fold BatchNormalization into the preceding Conv/Gemm")
+    p.add_argument("--health", action="store_true",
+                   help="add monitoring outputs: explained_value [N], <method>/relevance_sum [N] and "
+                        "<method>/finite [N] (bool)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +106,8 @@ def _dispatch(args) -> int:
         return 0
     opts = dict(output=args.output_name, inputs=args.inputs, strip_softmax=not args.no_strip_softmax,
                 fold_bn=not args.no_fold_bn)
+    if args.command == "compile":
+        opts["health"] = args.health
     if args.command == "compile":
         if not args.methods:
             raise OnnxplainError("give at least one method with -m (see `onnxplain methods`)")

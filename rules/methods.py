@@ -95,6 +95,12 @@ class Method:
         For backward methods: ``assign(node) -> Rule``.
     times_input : bool
         Multiply the result by the input (input x gradient).
+    seed : str
+        ``"one_hot"`` (gradients: d logit / d x) or ``"logit"`` (relevance methods start from the
+        explained logit's value, so conservation compares with the logit).
+    make_assign : callable or None
+        ``make_assign(AssignContext, params) -> assign`` for methods whose rules depend on a node's
+        position (composites); may raise CompileError listing every problem.
     """
 
     name: str
@@ -105,6 +111,8 @@ class Method:
     times_input: bool = False
     key: str = ""
     reference: str = ""
+    seed: str = "one_hot"
+    make_assign: Optional[Callable] = None
     extra: dict = field(default_factory=dict)
 
     def param(self, name: str) -> Optional[Param]:

@@ -183,3 +183,17 @@ def test_mlp_conservation_of_input_times_gradient_for_linear_net():
     out = run(onnxplain.compile(model, "input_t_gradient"), {"x": x})
     logits = out["logits"][np.arange(4), out["logits"].argmax(1)]
     np.testing.assert_allclose(out["input_t_gradient/x"].sum(1), logits, rtol=1e-5)
+
+
+def test_health_outputs():
+    model = small_cnn()
+    x = rng(12).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    out = run(onnxplain.compile(model, ["gradient", "input_t_gradient"], health=True), {"x": x})
+    logits = run(model, {"x": x})["prob"]
+    ref = Reference(model, "logits")
+    t = ref.top({"x": x})
+    np.testing.assert_allclose(out["explained_value"], ref({"x": x})[np.arange(3), t], rtol=1e-5)
+    np.testing.assert_allclose(out["input_t_gradient/relevance_sum"],
+                               out["input_t_gradient/x"].reshape(3, -1).sum(1), rtol=1e-5, atol=1e-6)
+    assert out["gradient/finite"].dtype == bool and out["gradient/finite"].all()
+    assert logits.shape == (3, 5)
