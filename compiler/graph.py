@@ -185,7 +185,8 @@ class Graph:
 
     def alias(self, new: str, old: str) -> None:
         """Declare that tensor ``new`` has the same static information as ``old``."""
-        self._alias[new] = old
+        if new != old:
+            self._alias[new] = old
 
     def tinfo(self, name: str) -> Optional[TensorInfo]:
         return self.info.get(self.resolve(name))

@@ -20,8 +20,8 @@ EPILOG = """examples:
 """
 
 
-def _params(items: Sequence[str]) -> dict:
-    out = {}
+def _params(items: Sequence[str], rules: Optional[str] = None) -> dict:
+    out = {"rules": rules} if rules else {}
     for item in items or []:
         if "=" not in item:
             raise OnnxplainError(f"--param '{item}' is not NAME=VALUE (e.g. --param steps=32 or "
@@ -38,6 +38,9 @@ def _add_model_options(p: argparse.ArgumentParser, default_method: Optional[str]
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="method parameter, for every method that has it (steps=32) or for one "
                         "(integrated_gradients.steps=32); repeatable")
+    p.add_argument("--rules", metavar="SPEC",
+                   help="rule spec (JSON or YAML file) for method 'lrp': a list of {select: {...}, rule: ...} "
+                        "entries, first match wins, optionally on top of a 'base' composite")
     p.add_argument("--output", dest="output_name", metavar="NAME",
                    help="the model output to explain (default: the first output)")
     p.add_argument("--input", action="append", dest="inputs", metavar="NAME",
@@ -111,11 +114,11 @@ def _dispatch(args) -> int:
     if args.command == "compile":
         if not args.methods:
             raise OnnxplainError("give at least one method with -m (see `onnxplain methods`)")
-        api.compile_file(args.model, args.out, args.methods, params=_params(args.param), **opts)
+        api.compile_file(args.model, args.out, args.methods, params=_params(args.param, args.rules), **opts)
         print(f"wrote {args.out}")
         return 0
     if args.command == "check":
-        rows, problems = api.check(args.model, args.methods or ["gradient"], **opts, **_params(args.param))
+        rows, problems = api.check(args.model, args.methods or ["gradient"], **opts, **_params(args.param, args.rules))
         print(check_table(rows, show_all=args.all))
         if problems:
             print(f"\n{len(problems)} problem(s):", file=sys.stderr)

@@ -82,7 +82,7 @@ def run_explain(args) -> int:
         assert len(value_range) == 2
     except (ValueError, AssertionError):
         raise OnnxplainError(f"--range must be LOW,HIGH, got {args.value_range!r}") from None
-    exp = Explainer(model, methods, params=_params(args.param), output=args.output_name, inputs=args.inputs,
+    exp = Explainer(model, methods, params=_params(args.param, args.rules), output=args.output_name, inputs=args.inputs,
                     strip_softmax=not args.no_strip_softmax, fold_bn=not args.no_fold_bn,
                     batch_size=args.batch_size)
     name = exp._single_input()

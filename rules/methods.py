@@ -175,3 +175,12 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise KeyError(f"unknown method '{name}'; known methods: {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def _register_lrp() -> None:
+    from .lrp_methods import lrp_methods
+    for m in lrp_methods():
+        METHODS[m.name] = m
+
+
+_register_lrp()

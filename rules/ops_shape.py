@@ -1,13 +1,15 @@
 """Exact backward adapters of shape and selection ops.
 
 Reshape-like ops are undone with ``Reshape(dy, Shape(x))``; Transpose with the
-inverse permutation; Concat/Split by slicing/concatenating; Tile by summing the tiles.  Selections along
-one axis with constant positions (Gather on constant indices, strided Slice,
-reflect/edge/wrap Pad, Resize) are linear maps ``y = x M`` along that axis with a
-0/1 (or, for linear Resize, interpolation) matrix ``M`` known at compile time;
-their transpose is ``dx = dy M^T`` (:func:`axis_matmul`).  Resize matrices are
-obtained by running ONNX's reference implementation of the very node on unit
-vectors, so every coordinate-transformation and rounding mode is honoured.
+inverse permutation; Concat/Split by slicing/concatenating; Tile by summing the
+tiles.  Selections along one axis with constant positions (Gather on constant
+indices, strided Slice, reflect/edge/wrap Pad, Resize) are linear maps ``y = x M``
+along that axis with a 0/1 (or, for linear Resize, interpolation) matrix ``M``
+known at compile time; their transpose is ``dx = dy M^T`` (:func:`axis_matmul`).
+Gather on indices computed at run time scatters ``dy`` back with
+``ScatterElements(reduction='add')``.  Resize matrices are obtained by running
+ONNX's reference implementation of the very node on unit vectors, so every
+coordinate-transformation and rounding mode is honoured.
 """
 from __future__ import annotations
 
@@ -42,13 +44,14 @@ def _tile(ctx: Ctx, node, gy):
     if shape is None:
         raise Unsupported("the input shape is unknown", "run shape inference / static export")
     dims, axes = [], []
-    for i, (n, r) in enumerate(zip(shape, reps)):
+    for n, r in zip(shape, reps):
         if r != 1:
             axes.append(len(dims))
             dims.append(r)
         dims.append(n if isinstance(n, int) else -1)
     if dims.count(-1) > 1:
-        raise Unsupported("Tile backward needs static input dims (a dynamic batch is fine)", "export with static shapes")
+        raise Unsupported("Tile backward needs static input dims (a dynamic batch is fine)",
+                          "export with static shapes")
     if not axes:
         return [gy[0], None]
     g = b.op("Reshape", gy[0], b.ints(dims))
@@ -188,21 +191,22 @@ def _pad(ctx: Ctx, node, gy):
 
 @vjp("Gather")
 def _gather(ctx: Ctx, node, gy):
-    """``y = x.take(idx, axis)`` with constant ``idx`` (any rank): ``dx = dy M^T`` along ``axis``.
+    """``y = x.take(idx, axis)``: ``dx`` adds ``dy`` back at the gathered positions.
 
-    ``M[i, j] = 1`` where flat index position ``j`` reads ``x`` position ``i`` (negative indices
-    wrap; repeated indices accumulate).  The index axes of ``dy`` are first merged into one.
+    Constant ``idx`` (any rank): ``dx = dy M^T`` along ``axis`` with ``M[i, j] = 1`` where flat
+    index position ``j`` reads ``x`` position ``i`` (negative indices wrap; repeats accumulate); the
+    index axes of ``dy`` are first merged into one.  Run-time ``idx``: :func:`_gather_scatter`.
     """
     x, b = node.input[0], ctx.b
-    idx = ctx.require_const(node.input[1], "indices")
     shape = ctx.g.shape(x)
+    if shape is None or ctx.g.rank(node.input[1]) is None:
+        raise Unsupported("the ranks of the Gather data and indices are unknown", "run shape inference")
     rank = len(shape)
     axis = node_attr(node, "axis", 0) % rank
-    n = _axis_len(ctx, x, axis)
-    rest = shape[axis + 1:]
-    if n is None or (idx.ndim > 1 and not all(isinstance(d, int) for d in rest)):
-        raise Unsupported("Gather backward needs a static length of the gathered axis (and, for indices of "
-                          "rank > 1, static trailing dims)", "export with static shapes")
+    idx = ctx.const(node.input[1])
+    n, rest = _axis_len(ctx, x, axis), shape[axis + 1:]
+    if idx is None or n is None or (idx.ndim > 1 and not all(isinstance(d, int) for d in rest)):
+        return [_gather_scatter(ctx, x, node.input[1], gy[0], axis, rank), None]
     g = gy[0]
     if idx.ndim == 0:
         g = b.unsqueeze(g, [axis])
@@ -210,6 +214,27 @@ def _gather(ctx: Ctx, node, gy):
         g = b.op("Reshape", g, b.ints([0] * axis + [-1] + list(rest)))
     flat = (idx.reshape(-1) % n).tolist()
     return [_adjoint_select(ctx, g, axis, rank, flat, n), None]
+
+
+def _gather_scatter(ctx: Ctx, x: str, idx: str, g: str, axis: int, rank: int) -> str:
+    """``dx = ScatterElements(0, idx', dy', axis, reduction='add')`` for indices known at run time only.
+
+    ``idx'`` is ``idx`` broadcast over the non-gathered axes of ``dy``; ``idx'`` and ``dy'`` get their
+    index axes merged into one, so that they have the rank of ``x``.
+    """
+    b = ctx.b
+    q = ctx.g.rank(idx)
+    if q == 0:
+        idx, g, q = b.unsqueeze(idx, [0]), b.unsqueeze(g, [axis]), 1
+    ones = lambda k: [b.ints([1] * k)] if k else []  # noqa: E731
+    idx = b.op("Reshape", idx, b.op("Concat", *ones(axis), b.shape_of(idx), *ones(rank - axis - 1), axis=0))
+    idx = b.op("Expand", idx, b.shape_of(g))
+    if q > 1:
+        sx = b.shape_of(x)
+        merged = b.op("Concat", b.op("Slice", sx, b.ints([0]), b.ints([axis])), b.ints([-1]),
+                      b.op("Slice", sx, b.ints([axis + 1]), b.ints([rank])), axis=0)
+        idx, g = b.op("Reshape", idx, merged), b.op("Reshape", g, merged)
+    return b.op("ScatterElements", b.zeros_like(x), idx, g, axis=axis, reduction="add")
 
 
 def _resize_matrix(node, n_in: int, n_out: int, scale) -> np.ndarray:

@@ -1,0 +1,335 @@
+"""Layer-wise relevance propagation rules, as data over the per-op adapters.
+
+Every rule for a linear layer ``z = W x + b`` (Conv, ConvTranspose, Gemm, MatMul
+with a constant operand, inference BatchNormalization) is written in one form,
+the "modified gradient" form of Zennit's ``BasicHook`` (Anders et al., 2021,
+"Software for dataset-wide XAI"): a list of *groups*, each a list of *terms*
+``(sign, input modifier, weight modifier, bias modifier)``.  For a group,
+
+    z_g   = sum_t sign_t * layer(x_t; W_t, b_t)                 (forward of modified copies)
+    s_g   = R_out / stab(z_g)
+    R_in  = sum_g coef_g * sum_t sign_t * x_t (.) layer_t^T(s_g)  (their transposes)
+
+where ``layer(.; W_t, b_t)`` is the node itself with modified constants (the op's
+own forward) and ``layer_t^T`` its exact vector-Jacobian product (the op's
+backward adapter), so a rule never needs to know which op it is applied to.
+Weight and bias modifiers run at compile time on the initializers; input
+modifiers become ops.  ``stab(z) = z + eps * sign(z)`` with ``sign(0) = +1``, and a
+zero denominator gives zero relevance (never NaN).
+
+The rules (Bach et al. 2015, "On pixel-wise explanations ..."; Montavon et al.
+2017, "Explaining nonlinear classification decisions with deep Taylor
+decomposition"; Montavon et al. 2019, "Layer-wise relevance propagation: an
+overview"):
+
+* ``lrp.z``:        R_i = x_i w_ij R_j / z_j,  z_j = sum_i x_i w_ij + b_j
+* ``lrp.epsilon``:  as z with ``z_j + eps sign(z_j)``
+* ``lrp.z_plus``:   only positive contributions: z_j^+ = sum_i (x_i w_ij)^+
+* ``lrp.alpha_beta``: alpha * (positive contributions, normalised by their sum)
+  - beta * (negative contributions, normalised by their sum), alpha - beta = 1
+* ``lrp.gamma``:    weights ``w + gamma w^+`` on positive inputs (and ``w + gamma w^-`` on negative ones)
+* ``lrp.w_square``: R_i = w_ij^2 R_j / sum_i w_ij^2
+* ``lrp.flat``:     R_i = R_j / (number of inputs of j), uniformly
+* ``lrp.bounded`` (z^B): z_j = sum_i x_i w_ij - l_i w_ij^+ - h_i w_ij^-, for inputs in [l, h]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from onnx import helper
+
+from .base import VJP, Ctx, Unsupported, label, node_attr
+from .gradient import GRADIENT, Rule
+
+#: ops a linear rule applies to (the data input is the single input on the path)
+LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization")
+
+
+@dataclass(frozen=True)
+class Term:
+    """One modified copy of a layer: ``sign * layer(input_mod(x); weight_mod(W), bias_mod(b))``."""
+
+    sign: float
+    inp: str = "x"       # x | pos | neg | ones | low | high
+    weight: str = "w"    # w | pos | neg | square | ones | gamma_pos | gamma_neg
+    bias: str = "b"      # b | pos | neg | none | gamma_pos | gamma_neg
+
+
+@dataclass(frozen=True)
+class Group:
+    """Terms sharing one denominator ``z_g``, and the group's weight in the result.
+
+    ``mask`` restricts the group to outputs where the unmodified layer output ``z`` is
+    positive (``"zpos"``) or negative (``"zneg"``), as the generalized gamma rule does.
+    """
+
+    coef: float
+    terms: tuple
+    mask: str = "all"
+
+
+@dataclass(frozen=True)
+class LinearRule(Rule):
+    """An LRP rule for linear layers, given as groups of modified terms (see the module docstring)."""
+
+    name: str = "lrp.z"
+    groups: tuple = (Group(1.0, (Term(1.0),)),)
+    epsilon: float = 1e-6
+    gamma: float = 0.0
+    low: object = None
+    high: object = None
+    params: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def handles(self, op_type: str) -> bool:
+        return op_type in LINEAR_OPS
+
+    def backward(self, ctx: Ctx, node, gy: list) -> list:
+        if node.op_type not in LINEAR_OPS:
+            raise Unsupported(f"rule {self.name} applies to linear layers ({', '.join(LINEAR_OPS)}), "
+                              f"not to {node.op_type}", "assign another rule to this node")
+        layer = _Layer.of(ctx, node)
+        out = None
+        for group in self.groups:
+            z = None
+            xs = []
+            for t in group.terms:
+                xt = layer.input(ctx, t.inp, self)
+                zt = layer.forward(ctx, xt, t.weight, t.bias, self)
+                zt = zt if t.sign > 0 else ctx.b.op("Neg", zt)
+                z = zt if z is None else ctx.b.op("Add", z, zt)
+                xs.append(xt)
+            s = safe_divide(ctx, _masked(ctx, layer, gy[0], group.mask), stabilize(ctx, z, self.epsilon))
+            for t, xt in zip(group.terms, xs):
+                c = ctx.b.op("Mul", xt, layer.transpose(ctx, s, t.weight, self))
+                coef = group.coef * t.sign
+                if coef != 1.0:
+                    c = ctx.b.op("Mul", c, ctx.b.scalar_like(coef, c))
+                out = c if out is None else ctx.b.op("Add", out, c)
+        res = [None] * len(node.input)
+        res[layer.data] = out
+        return res
+
+
+def _masked(ctx: Ctx, layer: "_Layer", r: str, mask: str) -> str:
+    if mask == "all":
+        return r
+    b = ctx.b
+    z = layer.node.output[0]
+    cond = b.op("Greater" if mask == "zpos" else "Less", z, b.scalar_like(0.0, z))
+    return b.op("Where", cond, r, b.scalar_like(0.0, r))
+
+
+def stabilize(ctx: Ctx, z: str, eps: float) -> str:
+    """``z + eps * sign(z)`` with ``sign(0) = +1`` (no-op for ``eps = 0``)."""
+    if eps == 0:
+        return z
+    b = ctx.b
+    pos = b.op("GreaterOrEqual", z, b.scalar_like(0.0, z))
+    return b.op("Add", z, b.op("Where", pos, b.scalar_like(eps, z), b.scalar_like(-eps, z)))
+
+
+def safe_divide(ctx: Ctx, num: str, den: str) -> str:
+    """``num / den`` where ``den != 0``, else 0 (a zero denominator carries no relevance)."""
+    b = ctx.b
+    zero = b.scalar_like(0.0, den)
+    nz = b.op("Not", b.op("Equal", den, zero))
+    safe = b.op("Where", nz, den, b.scalar_like(1.0, den))
+    return b.op("Where", nz, b.op("Div", num, safe), zero)
+
+
+def _modify(w: np.ndarray, how: str, gamma: float) -> Optional[np.ndarray]:
+    if how in ("w", "b"):
+        return w
+    if how == "pos":
+        return np.maximum(w, 0)
+    if how == "neg":
+        return np.minimum(w, 0)
+    if how == "square":
+        return w * w
+    if how == "ones":
+        return np.ones_like(w)
+    if how == "gamma_pos":
+        return w + gamma * np.maximum(w, 0)
+    if how == "gamma_neg":
+        return w + gamma * np.minimum(w, 0)
+    if how == "none":
+        return None
+    raise ValueError(how)
+
+
+class _Layer:
+    """A linear node seen as ``z = layer(x; W, b)``: its data input, weight and bias positions."""
+
+    def __init__(self, node, data: int, weight: Optional[int], bias: Optional[int]):
+        self.node, self.data, self.weight, self.bias = node, data, weight, bias
+        self._cache: dict = {}
+
+    @classmethod
+    def of(cls, ctx: Ctx, node) -> "_Layer":
+        path = [i for i, need in enumerate(ctx.needs) if need]
+        if len(path) != 1:
+            raise Unsupported("a linear rule needs exactly one input on the explained path "
+                              f"(this node has {len(path)})", "use the gradient or a proportional rule here")
+        data = path[0]
+        if node.op_type == "BatchNormalization":
+            return cls(node, 0, None, None)
+        others = [i for i in range(len(node.input)) if i != data and node.input[i]]
+        for i in others:
+            ctx.require_const(node.input[i], "weight")
+        weight = 1 if data == 0 else 0
+        bias = 2 if len(node.input) > 2 and node.input[2] else None
+        return cls(node, data, weight, bias)
+
+    def x(self) -> str:
+        return self.node.input[self.data]
+
+    def input(self, ctx: Ctx, how: str, rule: LinearRule) -> str:
+        b, x = ctx.b, self.x()
+        key = ("in", how)
+        if key in self._cache:
+            return self._cache[key]
+        if how == "x":
+            t = x
+        elif how == "pos":
+            t = b.op("Relu", x)
+        elif how == "neg":
+            t = b.op("Neg", b.op("Relu", b.op("Neg", x)))
+        elif how == "ones":
+            t = b.op("Add", b.op("Mul", x, b.scalar_like(0.0, x)), b.scalar_like(1.0, x))
+        elif how in ("low", "high"):
+            value = rule.low if how == "low" else rule.high
+            t = b.op("Expand", _bound_const(ctx, value, x), b.shape_of(x))
+        else:
+            raise ValueError(how)
+        ctx.g.alias(t, x)
+        self._cache[key] = t
+        return t
+
+    def _params(self, ctx: Ctx, w_how: str, b_how: str, rule: LinearRule) -> tuple:
+        gamma = rule.gamma if rule is not None else 0.0
+        if self.node.op_type == "BatchNormalization":
+            return _bn_affine(ctx, self.node, w_how, b_how, gamma)
+        key = ("params", w_how, b_how)
+        if key in self._cache:
+            return self._cache[key]
+        w = ctx.const(self.node.input[self.weight])
+        wm = ctx.b.const(_modify(w, w_how, gamma).astype(w.dtype)) if w_how != "w" else self.node.input[
+            self.weight]
+        bm = None
+        if self.bias is not None:
+            bv = ctx.const(self.node.input[self.bias])
+            mod = _modify(bv, b_how, gamma)
+            bm = None if mod is None else (self.node.input[self.bias] if b_how == "b" else ctx.b.const(
+                mod.astype(bv.dtype)))
+        self._cache[key] = (wm, bm)
+        return wm, bm
+
+    def _copy(self, xt: str, wm: str, bm: Optional[str]):
+        n = helper.make_node(self.node.op_type, [], [self.node.output[0]], name=self.node.name)
+        n.attribute.extend(self.node.attribute)
+        ins = list(self.node.input)
+        ins[self.data], ins[self.weight] = xt, wm
+        if self.bias is not None:
+            ins[self.bias] = bm or ""
+        while ins and not ins[-1]:
+            ins.pop()
+        n.input.extend(ins)
+        return n
+
+    def forward(self, ctx: Ctx, xt: str, w_how: str, b_how: str, rule: LinearRule) -> str:
+        """``layer(xt; W_mod, b_mod)``: the node's own op with modified constants."""
+        if xt == self.x() and w_how == "w" and (b_how == "b" or self.bias is None) and \
+                self.node.op_type != "BatchNormalization":
+            return self.node.output[0]  # the forward pass already computed it
+        wm, bm = self._params(ctx, w_how, b_how, rule)
+        if self.node.op_type == "BatchNormalization":
+            y = ctx.b.op("Mul", xt, wm)
+            return ctx.b.op("Add", y, bm) if bm is not None else y
+        c = self._copy(xt, wm, bm)
+        out = ctx.b.op(c.op_type, *c.input, **{a.name: helper.get_attribute_value(a) for a in c.attribute})
+        ctx.g.alias(out, self.node.output[0])
+        return out
+
+    def transpose(self, ctx: Ctx, s: str, w_how: str, rule: LinearRule) -> str:
+        """The exact VJP of ``layer(.; W_mod)`` applied to ``s`` (the op's backward adapter)."""
+        wm, _ = self._params(ctx, w_how, "none", rule)
+        if self.node.op_type == "BatchNormalization":
+            return ctx.b.op("Mul", s, wm)
+        c = self._copy(self.x(), wm, None)
+        needs = [i == self.data for i in range(len(c.input))]
+        sub = Ctx(ctx.b, ctx.g, needs)
+        return VJP[c.op_type](sub, c, [s])[self.data]
+
+
+def _bn_affine(ctx: Ctx, node, w_how: str, b_how: str, gamma: float) -> tuple:
+    """Inference BatchNorm as ``y = s x + c`` per channel, with modified ``s`` and ``c``."""
+    gamma, beta, mean, var = (ctx.require_const(node.input[i], "parameter").astype(np.float64) for i in range(1, 5))
+    s = gamma / np.sqrt(var + node_attr(node, "epsilon", 1e-5))
+    c = beta - s * mean
+    rank = ctx.g.rank(node.input[0]) or 4
+    shape = (-1,) + (1,) * (rank - 2)
+    dt = helper.tensor_dtype_to_np_dtype(ctx.g.dtype(node.input[0]))
+    wm = ctx.b.const(_modify(s, w_how, gamma).reshape(shape).astype(dt))
+    cm = _modify(c, b_how, gamma)
+    bm = None if cm is None else ctx.b.const(cm.reshape(shape).astype(dt))
+    return wm, bm
+
+
+def _bound_const(ctx: Ctx, value, like: str) -> str:
+    dt = helper.tensor_dtype_to_np_dtype(ctx.g.dtype(like))
+    arr = np.asarray(value, dtype=np.float64)
+    rank = ctx.g.rank(like) or 4
+    if arr.ndim == 1 and rank > 2:
+        arr = arr.reshape((1, -1) + (1,) * (rank - 2))
+    return ctx.b.const(arr.astype(dt))
+
+
+@dataclass(frozen=True)
+class Pass(Rule):
+    """Relevance passes unchanged through an element-wise op: ``R_in = R_out`` (Zennit's ``Pass``)."""
+
+    name: str = "lrp.pass"
+
+    def handles(self, op_type: str) -> bool:
+        return True
+
+    def backward(self, ctx: Ctx, node, gy: list) -> list:
+        res = [None] * len(node.input)
+        path = [i for i, need in enumerate(ctx.needs) if need]
+        if len(path) != 1:
+            raise Unsupported("pass-through needs exactly one input on the path", "use lrp.norm or gradient")
+        res[path[0]] = ctx.b.reshape_like(gy[0], node.input[path[0]]) if _shape_differs(ctx, node, path[0]) \
+            else gy[0]
+        return res
+
+
+def _shape_differs(ctx: Ctx, node, i: int) -> bool:
+    a, o = ctx.g.shape(node.input[i]), ctx.g.shape(node.output[0])
+    return a is None or o is None or list(a) != list(o)
+
+
+@dataclass(frozen=True)
+class Norm(Rule):
+    """Proportional redistribution over the inputs of a bias-free linear op (sum, average pooling).
+
+    ``R_i = x_i (.) J_i^T (R / stab(z))`` with ``z`` the node's own output: each input receives
+    relevance in proportion to its contribution (Zennit's ``Norm``; Add, Sum, AveragePool,
+    GlobalAveragePool, ReduceMean/ReduceSum, Concat).
+    """
+
+    name: str = "lrp.norm"
+    epsilon: float = 1e-6
+
+    def handles(self, op_type: str) -> bool:
+        return op_type in VJP
+
+    def backward(self, ctx: Ctx, node, gy: list) -> list:
+        s = safe_divide(ctx, gy[0], stabilize(ctx, node.output[0], self.epsilon))
+        grads = GRADIENT.backward(ctx, node, [s] + [None] * (len(node.output) - 1))
+        return [None if g is None else ctx.b.op("Mul", node.input[i], g) for i, g in enumerate(grads)]
+
+
+PASS = Pass()
+NORM = Norm()
