@@ -224,9 +224,10 @@ def _assigners(req: list, actx: AssignContext, src: str) -> dict:
 def _seed(head: Builder, m: Method, explained: str, target: str) -> str:
     """The backward seed: one-hot (gradients) or one-hot times the explained logit (relevance)."""
     hot = one_hot_seed(head, explained, target)
-    if m.seed != "logit":
+    if m.seed == "one_hot":
         return hot
-    return head.op("Mul", explained, hot)
+    value = head.op("Mul", explained, hot)
+    return head.op("Relu", value) if m.seed == "relu_logit" else value
 
 
 def _emit_methods(g, req, assigns, fwd, main, head, explained, target, wrt, result) -> dict:

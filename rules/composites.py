@@ -36,6 +36,50 @@ ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "
 POOLING = ("AveragePool", "GlobalAveragePool", "ReduceMean")
 
 
+def innvestigate_rule(name: str, **p) -> LinearRule:
+    """iNNvestigate's (2.1.2) formulation, used by its presets and Deep Taylor.
+
+    Differences to Zennit's: denominators are shifted by 1e-7 only where they are exactly zero
+    (``safe_divide``) except in the epsilon rule; alpha-beta puts the full bias in both parts
+    (b+ with W+, b- with W-); z+ (= Alpha1Beta0IgnoreBias), flat, w^2 and z^B use no bias.
+    """
+    z = dict(epsilon=1e-7, stabilizer="zero")
+    if name == "lrp.z":
+        return LinearRule("lrp.z", **z)
+    if name == "lrp.epsilon":
+        eps = p.get("epsilon", 1e-7)
+        return LinearRule("lrp.epsilon", epsilon=eps, params={"epsilon": eps})
+    if name == "lrp.z_plus":
+        return LinearRule("lrp.z_plus", (Group(1.0, (Term(1, "pos", "pos", "none"), Term(1, "neg", "neg", "none"))),),
+                          **z)
+    if name in ("lrp.alpha_2_beta_1", "lrp.alpha_1_beta_0"):
+        alpha, beta = (2.0, 1.0) if name == "lrp.alpha_2_beta_1" else (1.0, 0.0)
+        groups = (Group(alpha, (Term(1, "pos", "pos", "pos"), Term(1, "neg", "neg", "neg"))),
+                  Group(-beta, (Term(1, "pos", "neg", "neg"), Term(1, "neg", "pos", "pos"))))
+        return LinearRule(name, groups if beta else groups[:1], params={"alpha": alpha, "beta": beta}, **z)
+    if name == "lrp.flat":
+        return LinearRule("lrp.flat", (Group(1.0, (Term(1, "ones", "ones", "none"),)),), **z)
+    if name == "lrp.bounded":
+        groups = (Group(1.0, (Term(1, "x", "w", "none"), Term(-1, "low", "pos", "none"),
+                              Term(-1, "high", "neg", "none"))),)
+        return LinearRule("lrp.bounded", groups, low=_hashable(p["low"]), high=_hashable(p["high"]),
+                          params={"low": p["low"], "high": p["high"]}, **z)
+    raise KeyError(name)
+
+
+def innvestigate_base_map(deep_taylor: bool = False) -> list:
+    """iNNvestigate's treatment of layers without kernel: activations pass; Add and average pooling
+    get the z-rule (with ``safe_divide``), except in Deep Taylor where they, BatchNorm and
+    everything else get the gradient."""
+    inn_norm = Norm(epsilon=1e-7, stabilizer="zero")
+
+    def is_sum(n, a):
+        return n.op_type in ("Add", "Sum") and sum(i in a.on_path for i in n.input) > 1
+    middle = [] if deep_taylor else [(sel.Selector("sum of path tensors", is_sum), inn_norm),
+                                     (sel.op(*POOLING), inn_norm)]
+    return [(sel.op(*ACTIVATIONS), PASS)] + middle + [(sel.Selector("any other op", lambda n, a: True), GRADIENT)]
+
+
 def rule(name: str, **p) -> LinearRule:
     """A named LRP rule for linear layers with parameters (see the module docstring)."""
     eps = p.get("epsilon", 1e-6)
@@ -91,9 +135,9 @@ class Composite:
     A linear layer that no entry matches is an error (no silent gradient fallback for layers).
     """
 
-    def __init__(self, name: str, entries: list, with_base: bool = True):
+    def __init__(self, name: str, entries: list, with_base: bool = True, base: list = None):
         self.name = name
-        self.entries = list(entries) + (base_map() if with_base else [])
+        self.entries = list(entries) + (base if base is not None else base_map() if with_base else [])
 
     def assigner(self, actx) -> Callable:
         """``assign(node) -> Rule`` for the path of ``actx``; raise CompileError listing every problem."""
@@ -105,6 +149,11 @@ class Composite:
                 problems.append(Problem(actx.g.source, n.name, n.op_type,
                                         f"composite '{self.name}' gives this linear layer no LRP rule",
                                         "add an entry for it (e.g. a --rules spec) or choose another composite"))
+            elif r.name == "lrp.bounded" and n.name not in actx.first:
+                problems.append(Problem(actx.g.source, n.name, n.op_type,
+                                        "lrp.bounded (z^B) needs the input range, so it applies only to linear "
+                                        "layers that read the explained input (the first ones on the path)",
+                                        "assign lrp.bounded to {\"position\": \"first\"} only"))
             elif not r.handles(n.op_type):
                 problems.append(Problem(actx.g.source, n.name, n.op_type,
                                         f"rule '{r.name}' cannot be applied to a {n.op_type} node",

@@ -77,6 +77,7 @@ class LinearRule(Rule):
     name: str = "lrp.z"
     groups: tuple = (Group(1.0, (Term(1.0),)),)
     epsilon: float = 1e-6
+    stabilizer: str = "sign"  # "sign": z + eps sign(z) (Zennit); "zero": z + eps [z == 0] (iNNvestigate)
     gamma: float = 0.0
     low: object = None
     high: object = None
@@ -100,7 +101,8 @@ class LinearRule(Rule):
                 zt = zt if t.sign > 0 else ctx.b.op("Neg", zt)
                 z = zt if z is None else ctx.b.op("Add", z, zt)
                 xs.append(xt)
-            s = safe_divide(ctx, _masked(ctx, layer, gy[0], group.mask), stabilize(ctx, z, self.epsilon))
+            s = safe_divide(ctx, _masked(ctx, layer, gy[0], group.mask),
+                            stabilize(ctx, z, self.epsilon, self.stabilizer))
             for t, xt in zip(group.terms, xs):
                 c = ctx.b.op("Mul", xt, layer.transpose(ctx, s, t.weight, self))
                 coef = group.coef * t.sign
@@ -121,11 +123,14 @@ def _masked(ctx: Ctx, layer: "_Layer", r: str, mask: str) -> str:
     return b.op("Where", cond, r, b.scalar_like(0.0, r))
 
 
-def stabilize(ctx: Ctx, z: str, eps: float) -> str:
-    """``z + eps * sign(z)`` with ``sign(0) = +1`` (no-op for ``eps = 0``)."""
+def stabilize(ctx: Ctx, z: str, eps: float, kind: str = "sign") -> str:
+    """``z + eps * sign(z)`` with ``sign(0) = +1`` (``kind="sign"``, Zennit), or ``z + eps [z == 0]``
+    (``kind="zero"``, iNNvestigate's ``safe_divide``); a no-op for ``eps = 0``."""
     if eps == 0:
         return z
     b = ctx.b
+    if kind == "zero":
+        return b.op("Where", b.op("Equal", z, b.scalar_like(0.0, z)), b.scalar_like(eps, z), z)
     pos = b.op("GreaterOrEqual", z, b.scalar_like(0.0, z))
     return b.op("Add", z, b.op("Where", pos, b.scalar_like(eps, z), b.scalar_like(-eps, z)))
 
@@ -321,12 +326,13 @@ class Norm(Rule):
 
     name: str = "lrp.norm"
     epsilon: float = 1e-6
+    stabilizer: str = "sign"
 
     def handles(self, op_type: str) -> bool:
         return op_type in VJP
 
     def backward(self, ctx: Ctx, node, gy: list) -> list:
-        s = safe_divide(ctx, gy[0], stabilize(ctx, node.output[0], self.epsilon))
+        s = safe_divide(ctx, gy[0], stabilize(ctx, node.output[0], self.epsilon, self.stabilizer))
         grads = GRADIENT.backward(ctx, node, [s] + [None] * (len(node.output) - 1))
         return [None if g is None else ctx.b.op("Mul", node.input[i], g) for i, g in enumerate(grads)]
 

@@ -20,7 +20,7 @@ import os
 from ..compiler.errors import CompileError, Problem
 from . import composites as comp
 from . import selectors as sel
-from .gradient import GRADIENT
+from .lrp import PASS
 from .methods import Method, Param
 
 _EPS7 = Param("epsilon", 1e-7, "stabilizer of the epsilon rule: z + epsilon * sign(z)")
@@ -29,8 +29,8 @@ _EPS_PRESET = Param("epsilon", 0.1, "epsilon of the dense layers (iNNvestigate's
 _GAMMA = Param("gamma", 0.25, "weight of the added positive (negative) parts: W + gamma W+")
 _LOW = Param("low", 0.0, "lowest input value, scalar or one per channel (z^B rule)", "range")
 _HIGH = Param("high", 1.0, "highest input value, scalar or one per channel (z^B rule)", "range")
-_REQ_LOW = Param("low", None, "lowest input value, scalar or one per channel (required, as in Zennit)", "range")
-_REQ_HIGH = Param("high", None, "highest input value, scalar or one per channel (required, as in Zennit)", "range")
+_REQ_LOW = Param("low", None, "lowest input value, scalar or one per channel (required)", "range")
+_REQ_HIGH = Param("high", None, "highest input value, scalar or one per channel (required)", "range")
 _ALPHA = Param("alpha", 2.0, "weight of the positive contributions (alpha - beta = 1)")
 _BETA = Param("beta", 1.0, "weight of the negative contributions")
 
@@ -46,23 +46,26 @@ def _single(name: str):
 
 
 def _preset(kind: str):
-    """iNNvestigate presets and Deep Taylor."""
+    """iNNvestigate's presets and Deep Taylor, in iNNvestigate's formulation (see ZENNIT_NOTES.md, 8)."""
     def make(actx, p):
         first = sel.all_of(sel.first(), sel.linear())
         conv = sel.all_of(sel.op(*comp.CONV), sel.linear())
         dense = sel.all_of(sel.op(*comp.DENSE), sel.linear())
-        bn = (sel.op("BatchNormalization"), GRADIENT)
-        if kind == "deep_taylor":
-            entries = [(sel.linear(), comp.rule("lrp.z_plus")), bn]
-        elif kind == "deep_taylor.bounded":
-            entries = [(first, comp.rule("lrp.bounded", low=p["low"], high=p["high"])),
-                       (sel.linear(), comp.rule("lrp.z_plus")), bn]
-        else:
-            conv_rule = comp.rule("lrp.alpha_1_beta_0" if "_a" in kind else "lrp.alpha_2_beta_1")
-            entries = [(dense, comp.rule("lrp.epsilon", epsilon=p["epsilon"])), (conv, conv_rule), bn]
-            if kind.endswith("_flat"):
-                entries.insert(0, (first, comp.rule("lrp.flat")))
-        return comp.Composite(kind, entries).assigner(actx)
+        inn = comp.innvestigate_rule
+        if kind.startswith("deep_taylor"):
+            entries = [(sel.linear(), inn("lrp.z_plus"))]
+            if kind == "deep_taylor.bounded":
+                if p.get("low") is None or p.get("high") is None:
+                    raise CompileError([Problem(actx.g.source, None, None, "deep_taylor.bounded needs the input "
+                                                "range: low and high", "e.g. --param low=0 --param high=1")])
+                entries.insert(0, (first, inn("lrp.bounded", low=p["low"], high=p["high"])))
+            return comp.Composite(kind, entries, base=comp.innvestigate_base_map(deep_taylor=True)).assigner(actx)
+        conv_rule = inn("lrp.alpha_1_beta_0" if "_a" in kind else "lrp.alpha_2_beta_1")
+        entries = [(dense, inn("lrp.epsilon", epsilon=p["epsilon"])), (conv, conv_rule),
+                   (sel.op("BatchNormalization"), PASS)]
+        if kind.endswith("_flat"):
+            entries.insert(0, (first, inn("lrp.flat")))
+        return comp.Composite(kind, entries, base=comp.innvestigate_base_map()).assigner(actx)
     return make
 
 
@@ -164,9 +167,9 @@ def lrp_methods() -> list:
                   reference="Bach et al. 2015; Montavon et al. 2019") for n in _SUMMARY]
     out += [
         Method("deep_taylor", "Deep Taylor: z+ on every linear layer", "backward", make_assign=_preset("deep_taylor"),
-               seed="logit", reference="Montavon et al. 2017"),
+               seed="relu_logit", reference="Montavon et al. 2017"),
         Method("deep_taylor.bounded", "Deep Taylor with z^B on the input layer, z+ elsewhere", "backward",
-               params=(_LOW, _HIGH), make_assign=_preset("deep_taylor.bounded"), seed="logit",
+               params=(_REQ_LOW, _REQ_HIGH), make_assign=_preset("deep_taylor.bounded"), seed="relu_logit",
                reference="Montavon et al. 2017"),
     ]
     for kind, conv in (("a", "alpha1-beta0"), ("b", "alpha2-beta1")):

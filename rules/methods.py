@@ -96,8 +96,9 @@ class Method:
     times_input : bool
         Multiply the result by the input (input x gradient).
     seed : str
-        ``"one_hot"`` (gradients: d logit / d x) or ``"logit"`` (relevance methods start from the
-        explained logit's value, so conservation compares with the logit).
+        ``"one_hot"`` (gradients: d logit / d x), ``"logit"`` (relevance methods start from the
+        explained logit's value, so conservation compares with the logit) or ``"relu_logit"``
+        (iNNvestigate's Deep Taylor: the positive part of the logit).
     make_assign : callable or None
         ``make_assign(AssignContext, params) -> assign`` for methods whose rules depend on a node's
         position (composites); may raise CompileError listing every problem.
