@@ -35,7 +35,7 @@ class Request:
     output: Optional[str] = None
     inputs: Optional[list] = None
     strip_softmax: bool = True
-    fold_bn: bool = True
+    batchnorm: str = "fold"
     source: str = "model"
 
 
@@ -100,7 +100,7 @@ def _accepted(m: Method) -> str:
     return f"'{m.name}' accepts {', '.join(names)}" if names else f"'{m.name}' takes no parameters"
 
 
-def prepare(model, source: Optional[str] = None, fold_bn: bool = True) -> Graph:
+def prepare(model, source: Optional[str] = None, batchnorm: str = "fold") -> Graph:
     """Load, upgrade the opset, infer shapes and canonicalize; return the :class:`Graph`."""
     src = source or (str(model) if isinstance(model, (str,)) or hasattr(model, "__fspath__") else "model")
     proto = load_model(model, src)
@@ -108,7 +108,7 @@ def prepare(model, source: Optional[str] = None, fold_bn: bool = True) -> Graph:
     g = Graph.from_model(proto, src)
     _name_nodes(g)
     canon.infer_shapes(g)
-    canon.canonicalize(g, fold_bn=fold_bn)
+    canon.canonicalize(g, batchnorm=batchnorm)
     canon.infer_shapes(g)
     return g
 
@@ -169,17 +169,18 @@ class Compiled:
 
 
 def compile_graph(model, methods, params: Optional[dict] = None, output: Optional[str] = None,
-                  inputs: Optional[list] = None, strip_softmax: bool = True, fold_bn: bool = True,
+                  inputs: Optional[list] = None, strip_softmax: bool = True, batchnorm: str = "fold",
                   health: bool = False, source: Optional[str] = None) -> Compiled:
     """Compile ``model``; see :func:`onnxplain.compile` for the parameters."""
     src = source or (str(model) if isinstance(model, str) or hasattr(model, "__fspath__") else "model")
     req = parse_methods(methods, params, src)
-    g = prepare(model, src, fold_bn)
+    _check_batchnorm(batchnorm, src)
+    g = prepare(model, src, batchnorm)
     out_name = output or g.output_names()[0]
     explained, note = explained_tensor(g, out_name, strip_softmax)
     wrt = _select_inputs(g, inputs)
     _check_chunks(g, req, wrt)
-    actx = AssignContext.build(g, wrt, explained)
+    actx = AssignContext.build(g, wrt, explained, batchnorm)
     assigns = _assigners(req, actx, src)
     fwd = list(g.nodes)
     main = g.nodes
@@ -197,12 +198,18 @@ def compile_graph(model, methods, params: Optional[dict] = None, output: Optiona
         "version": __version__, "methods": {m.name: p for m, p in req}, "rules": result.rules,
         "explained_output": out_name, "explained_tensor": explained, "explained_note": note,
         "explained_inputs": wrt, "target_input": tname, "outputs": result.outputs, "health": result.health,
-        "canonicalization": {"fold_batchnorm": fold_bn, "strip_softmax": strip_softmax,
+        "canonicalization": {"batchnorm": batchnorm, "strip_softmax": strip_softmax,
                              "remove_identities": True, "fold_constants": True, "fold_shape_computations": True},
     })
     check(proto, src)
     result.model = proto
     return result
+
+
+def _check_batchnorm(batchnorm: str, src: str) -> None:
+    if batchnorm not in canon.BATCHNORM_CHOICES:
+        raise CompileError([Problem(src, None, None, f"unknown batchnorm treatment '{batchnorm}'",
+                                    f"choose one of {', '.join(canon.BATCHNORM_CHOICES)}")])
 
 
 def _assigners(req: list, actx: AssignContext, src: str) -> dict:
@@ -299,7 +306,7 @@ def _finish_backward(g: Graph, main: list, m: Method, x: str, grad: Optional[str
 
 
 def check_model(model, methods="gradient", params: Optional[dict] = None, output: Optional[str] = None,
-                inputs: Optional[list] = None, strip_softmax: bool = True, fold_bn: bool = True,
+                inputs: Optional[list] = None, strip_softmax: bool = True, batchnorm: str = "fold",
                 source: Optional[str] = None) -> tuple:
     """Dry-run compilation: return ``(rows, problems)``, rows = ``(node, op_type, {method: rule})``.
 
@@ -308,18 +315,25 @@ def check_model(model, methods="gradient", params: Optional[dict] = None, output
     """
     src = source or (str(model) if isinstance(model, str) or hasattr(model, "__fspath__") else "model")
     req = parse_methods(methods, params, src)
-    g = prepare(model, src, fold_bn)
+    _check_batchnorm(batchnorm, src)
+    g = prepare(model, src, batchnorm)
     out_name = output or g.output_names()[0]
     explained, _ = explained_tensor(g, out_name, strip_softmax)
     wrt = _select_inputs(g, inputs)
+    actx = AssignContext.build(g, wrt, explained, batchnorm)
+    problems = []
+    try:
+        assigns = _assigners(req, actx, src)
+    except CompileError as exc:
+        problems.extend(exc.problems)
+        assigns = {m.name: (lambda n: None) for m, _ in req}
     on_path = differentiable_path(g, g.nodes, wrt, [explained])
     needed = {n.name for n in path_nodes(g, g.nodes, on_path)}
     table = {n.name: (n.op_type, {}) for n in g.nodes}
-    problems = []
     seen = {}
     for m, _ in req:
-        assign = m.assign or _gradient
-        key = m.key or "gradient"
+        assign = assigns[m.name]
+        key = m.name
         if key not in seen:
             scratch = Graph.from_model(g.to_model(), src)
             scratch.info.update(g.info)

@@ -38,12 +38,13 @@ class AssignContext:
     linear: list = field(default_factory=list)  # node names in topological order
     first: set = field(default_factory=set)
     last: set = field(default_factory=set)
+    batchnorm: str = "fold"
 
     @classmethod
-    def build(cls, g: Graph, wrt: list, explained: str) -> "AssignContext":
+    def build(cls, g: Graph, wrt: list, explained: str, batchnorm: str = "fold") -> "AssignContext":
         on_path = differentiable_path(g, g.nodes, wrt, [explained])
         nodes = path_nodes(g, g.nodes, on_path)
-        ctx = cls(g=g, nodes=nodes, on_path=on_path)
+        ctx = cls(g=g, nodes=nodes, on_path=on_path, batchnorm=batchnorm)
         ctx.linear = [n.name for n in nodes if is_linear(g, n, on_path)]
         ctx.first, ctx.last = ctx._ends()
         return ctx

@@ -217,8 +217,79 @@ def _set_attr(node, name, value) -> None:
     node.attribute.append(helper.make_attribute(name, value))
 
 
-def canonicalize(g: Graph, fold_bn: bool = True) -> dict:
-    """Run the standard passes to a fixed point; return how often each one changed something."""
+BATCHNORM_CHOICES = ("fold", "fold_after", "pass", "linear", "linear2")
+
+
+def fold_batchnorm_after(g: Graph) -> int:
+    """Fold inference BatchNormalization into the *following* Gemm, or Conv without padding (group 1).
+
+    ``layer(s x + c) = (W s) x + (b + W c)``: exact only when the layer sees no padding (a
+    padded border would be ``0`` instead of ``c``) and the BatchNorm feeds nothing else.
+    """
+    consumers = g.consumers()
+    outputs = set(g.output_names())
+    removed, changed = set(), 0
+    for bn in g.nodes:
+        if bn.op_type != "BatchNormalization" or len([o for o in bn.output if o]) != 1:
+            continue
+        users = consumers.get(bn.output[0], [])
+        if len(users) != 1 or bn.output[0] in outputs:
+            continue
+        nxt = users[0]
+        params = [g.const(i) for i in bn.input[1:5]]
+        w = g.const(nxt.input[1]) if len(nxt.input) > 1 else None
+        if any(p is None for p in params) or w is None or nxt.input[0] != bn.output[0] or not _after_ok(nxt, w):
+            continue
+        _fold_after_one(g, bn, nxt, w, params)
+        removed.add(id(bn))
+        changed += 1
+    g.nodes = [n for n in g.nodes if id(n) not in removed]
+    if changed:
+        g.remove_unused()
+    return changed
+
+
+def _after_ok(nxt, w) -> bool:
+    if nxt.op_type == "Gemm":
+        return not attr(nxt, "transA", 0) and w.ndim == 2
+    if nxt.op_type != "Conv" or attr(nxt, "group", 1) != 1:
+        return False
+    auto = attr(nxt, "auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    return auto in ("NOTSET", "VALID") and not any(attr(nxt, "pads", []) or [])
+
+
+def _fold_after_one(g: Graph, bn, nxt, w, params) -> None:
+    gamma, beta, mean, var = (p.astype(np.float64) for p in params)
+    s = gamma / np.sqrt(var + attr(bn, "epsilon", 1e-5))
+    c = beta - s * mean
+    w64 = w.astype(np.float64)
+    b = g.const(nxt.input[2]) if len(nxt.input) > 2 and nxt.input[2] else None
+    if nxt.op_type == "Conv":
+        w_new = w64 * s.reshape((1, -1) + (1,) * (w.ndim - 2))
+        shift = (w64 * c.reshape((1, -1) + (1,) * (w.ndim - 2))).sum(axis=tuple(range(1, w.ndim)))
+    else:
+        wt = w64.T if attr(nxt, "transB", 0) else w64  # [in, out]
+        alpha = attr(nxt, "alpha", 1.0)
+        w_new = (wt * s[:, None]).T if attr(nxt, "transB", 0) else wt * s[:, None]
+        shift = alpha * (c @ wt)
+        b = None if b is None else b * attr(nxt, "beta", 1.0)
+        _set_attr(nxt, "beta", 1.0)
+    b_new = shift + (0.0 if b is None else np.broadcast_to(b.astype(np.float64), shift.shape))
+    ins = list(nxt.input) + [""] * (3 - len(nxt.input))
+    ins[0] = bn.input[0]
+    ins[1] = g.add_initializer(w_new.astype(w.dtype), f"{nxt.name or 'layer'}/bnfold_W")
+    ins[2] = g.add_initializer(b_new.astype(w.dtype), f"{nxt.name or 'layer'}/bnfold_B")
+    nxt.input[:] = ins
+
+
+def canonicalize(g: Graph, batchnorm: str = "fold") -> dict:
+    """Run the standard passes to a fixed point; return how often each one changed something.
+
+    ``batchnorm``: ``"fold"`` folds BatchNorm into the preceding layer where exact (Zennit's
+    canonizers); ``"fold_after"`` first into the following layer where exact, then into the
+    preceding one; ``"pass"``, ``"linear"`` and ``"linear2"`` keep every BatchNorm (the rules decide).
+    """
     counts = {"remove_identities": 0, "fold_constants": 0, "fold_reshape_shapes": 0, "fold_batchnorm": 0}
     for _ in range(50):
         changed = 0
@@ -227,8 +298,8 @@ def canonicalize(g: Graph, fold_bn: bool = True) -> dict:
             c = fn(g)
             counts[name] += c
             changed += c
-        if fold_bn:
-            c = fold_batchnorm(g)
+        if batchnorm in ("fold", "fold_after"):
+            c = (fold_batchnorm_after(g) if batchnorm == "fold_after" else 0) + fold_batchnorm(g)
             counts["fold_batchnorm"] += c
             changed += c
         if not changed:

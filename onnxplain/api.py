@@ -12,8 +12,9 @@ from .rules.methods import METHODS
 
 
 def compile(model, methods: Union[str, Sequence[str], dict] = "gradient", *, output: Optional[str] = None,
-            inputs: Optional[Sequence[str]] = None, strip_softmax: bool = True, fold_bn: bool = True,
-            health: bool = False, params: Optional[dict] = None, **kwargs) -> onnx.ModelProto:
+            inputs: Optional[Sequence[str]] = None, strip_softmax: bool = True, batchnorm: str = "fold",
+            fold_bn: bool = True, health: bool = False, params: Optional[dict] = None,
+            **kwargs) -> onnx.ModelProto:
     """Compile an ONNX model into one whose extra outputs are explanation maps.
 
     Parameters
@@ -28,8 +29,16 @@ def compile(model, methods: Union[str, Sequence[str], dict] = "gradient", *, out
         The explained inputs (default: every floating-point input).
     strip_softmax : bool
         Explain the input of a final Softmax/LogSoftmax (the logit), as iNNvestigate and Zennit do.
+    batchnorm : str
+        How BatchNormalization is treated (recorded in the metadata): ``"fold"`` (default, as
+        Zennit's canonizers) folds it into the preceding Conv/ConvTranspose/Gemm where that is
+        exact; ``"fold_after"`` into the following Gemm or unpadded Conv where exact, else into the
+        preceding layer; ``"pass"`` keeps it; ``"linear"`` keeps it as its own linear layer (the
+        epsilon rule in LRP methods), ``"linear2"`` as two linear maps (shift, then scale).
+        BatchNorm nodes that stay get Zennit's pass-through rule in LRP methods unless
+        ``linear``/``linear2``; gradients are exact in every case.
     fold_bn : bool
-        Fold BatchNormalization into the preceding Conv/Gemm where that is exact.
+        ``False`` is a shorthand for ``batchnorm="pass"``.
     health : bool
         Add monitoring outputs: ``explained_value`` [N] (the explained logit) and per method
         ``<method>/relevance_sum`` [N] (the map summed over every explained input) and
@@ -53,8 +62,10 @@ def compile(model, methods: Union[str, Sequence[str], dict] = "gradient", *, out
     """
     merged = dict(params or {})
     merged.update(kwargs)
+    if not fold_bn and batchnorm == "fold":
+        batchnorm = "pass"
     return compile_graph(model, methods, merged, output, list(inputs) if inputs else None, strip_softmax,
-                         fold_bn, health).model
+                         batchnorm, health).model
 
 
 def compile_file(model, out_path, methods="gradient", **kwargs) -> onnx.ModelProto:
@@ -71,9 +82,11 @@ def methods() -> dict:
 
 def check(model, methods="gradient", **kwargs) -> tuple:
     """Return ``(rows, problems)``: every node with the rule each method gives it, and every problem."""
-    keys = ("output", "inputs", "strip_softmax", "fold_bn", "health")
+    keys = ("output", "inputs", "strip_softmax", "fold_bn", "batchnorm", "health")
     params = {k: v for k, v in kwargs.items() if k not in keys}
-    opts = {k: v for k, v in kwargs.items() if k in keys and k != "health"}
+    opts = {k: v for k, v in kwargs.items() if k in keys and k not in ("health", "fold_bn")}
+    if kwargs.get("fold_bn") is False and opts.get("batchnorm", "fold") == "fold":
+        opts["batchnorm"] = "pass"
     return check_model(model, methods, params, **opts)
 
 

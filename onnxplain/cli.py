@@ -48,8 +48,12 @@ def _add_model_options(p: argparse.ArgumentParser, default_method: Optional[str]
     p.add_argument("--no-strip-softmax", action="store_true",
                    help="explain the output as is, even when it is produced by a final Softmax "
                         "(default: explain the pre-softmax logit, as iNNvestigate and Zennit do)")
-    p.add_argument("--no-fold-bn", action="store_true",
-                   help="do not fold BatchNormalization into the preceding Conv/Gemm")
+    p.add_argument("--batchnorm", default="fold", choices=["fold", "fold_after", "pass", "linear", "linear2"],
+                   help="BatchNormalization: fold into the preceding layer where exact (default, as Zennit), "
+                        "fold_after (into the following layer where exact, else the preceding), pass (keep; "
+                        "LRP passes relevance through), linear (keep as its own linear layer, LRP-epsilon), "
+                        "linear2 (as two linear maps)")
+    p.add_argument("--no-fold-bn", action="store_true", help="shorthand for --batchnorm pass")
     p.add_argument("--health", action="store_true",
                    help="add monitoring outputs: explained_value [N], <method>/relevance_sum [N] and "
                         "<method>/finite [N] (bool)")
@@ -108,7 +112,7 @@ def _dispatch(args) -> int:
         print(methods_table(markdown=args.markdown))
         return 0
     opts = dict(output=args.output_name, inputs=args.inputs, strip_softmax=not args.no_strip_softmax,
-                fold_bn=not args.no_fold_bn)
+                batchnorm="pass" if args.no_fold_bn and args.batchnorm == "fold" else args.batchnorm)
     if args.command == "compile":
         opts["health"] = args.health
     if args.command == "compile":

@@ -83,7 +83,8 @@ def run_explain(args) -> int:
     except (ValueError, AssertionError):
         raise OnnxplainError(f"--range must be LOW,HIGH, got {args.value_range!r}") from None
     exp = Explainer(model, methods, params=_params(args.param, args.rules), output=args.output_name, inputs=args.inputs,
-                    strip_softmax=not args.no_strip_softmax, fold_bn=not args.no_fold_bn,
+                    strip_softmax=not args.no_strip_softmax,
+                    batchnorm="pass" if args.no_fold_bn and args.batchnorm == "fold" else args.batchnorm,
                     batch_size=args.batch_size)
     name = exp._single_input()
     x = load_inputs(args.data, exp.runner.input_meta[name].shape, value_range)

@@ -29,7 +29,7 @@ from typing import Callable, Optional
 from ..compiler.errors import CompileError, Problem
 from . import selectors as sel
 from .gradient import GRADIENT
-from .lrp import NORM, PASS, Group, LinearRule, Norm, Term
+from .lrp import NORM, PASS, BatchNormTwoMaps, Group, LinearRule, MaxPoolProportional, Norm, Term
 
 ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "Tanh", "Softplus", "Softsign",
                "HardSigmoid", "HardSwish", "Clip", "Gelu", "Mish", "ThresholdedRelu")
@@ -114,7 +114,8 @@ def rule(name: str, **p) -> LinearRule:
 
 RULE_NAMES = ("lrp.z", "lrp.epsilon", "lrp.z_plus", "lrp.alpha_beta", "lrp.alpha_2_beta_1", "lrp.alpha_1_beta_0",
               "lrp.gamma", "lrp.w_square", "lrp.flat", "lrp.bounded")
-OTHER_RULES = {"lrp.pass": PASS, "lrp.norm": NORM, "gradient": GRADIENT}
+OTHER_RULES = {"lrp.pass": PASS, "lrp.norm": NORM, "gradient": GRADIENT,
+               "lrp.maxpool_proportional": MaxPoolProportional()}
 
 
 def _hashable(v):
@@ -182,12 +183,22 @@ def _linear_of(*ops):
     return sel.all_of(sel.op(*ops), sel.linear())
 
 
-def zennit_composite(name: str, p: dict) -> Composite:
+def batchnorm_rule(batchnorm: str, epsilon: float = 1e-6):
+    """The rule of a BatchNorm node left in the graph: Zennit's ``Pass`` (for ``fold``, ``fold_after``,
+    ``pass``), the epsilon rule on the BatchNorm as one linear map (``linear``) or as two (``linear2``)."""
+    if batchnorm == "linear":
+        return LinearRule("lrp.epsilon", epsilon=epsilon, params={"epsilon": epsilon})
+    if batchnorm == "linear2":
+        return BatchNormTwoMaps(epsilon=epsilon)
+    return PASS
+
+
+def zennit_composite(name: str, p: dict, batchnorm: str = "fold") -> Composite:
     """Zennit's composites with its defaults (``epsilon=1e-6``, ``gamma=0.25``)."""
     eps = {"epsilon": p.get("epsilon", 1e-6)}
     dense = (_linear_of(*DENSE), rule("lrp.epsilon", **eps))
     first_linear = sel.all_of(sel.first(), sel.linear())
-    bn = (sel.op("BatchNormalization"), PASS)  # a BatchNorm not merged into a layer: Zennit's Pass
+    bn = (sel.op("BatchNormalization"), batchnorm_rule(batchnorm, eps["epsilon"]))
     if name == "lrp.epsilon_plus":
         return Composite(name, [(_linear_of(*CONV), rule("lrp.z_plus")), dense, bn])
     if name == "lrp.epsilon_plus_flat":
@@ -204,12 +215,13 @@ def zennit_composite(name: str, p: dict) -> Composite:
     raise KeyError(name)
 
 
-def single_rule_composite(name: str, p: dict) -> Composite:
+def single_rule_composite(name: str, p: dict, batchnorm: str = "fold") -> Composite:
     """One rule on every linear layer (iNNvestigate's ``lrp.z``, ``lrp.epsilon``, ...)."""
+    bn = (sel.op("BatchNormalization"), batchnorm_rule(batchnorm, p.get("epsilon", 1e-6)))
     if name == "lrp.bounded":
         return Composite(name, [(sel.all_of(sel.first(), sel.linear()), rule(name, **p)),
-                                (sel.linear(), rule("lrp.z"))])
-    return Composite(name, [(sel.linear(), rule(name, **p)), (sel.op("BatchNormalization"), GRADIENT)])
+                                (sel.linear(), rule("lrp.z")), bn])
+    return Composite(name, [(sel.linear(), rule(name, **p)), bn])
 
 
 def with_overrides(base: Optional[Composite], entries: list, name: str) -> Composite:
@@ -230,7 +242,7 @@ def rule_from_spec(spec, where: str):
     name = spec["name"]
     params = {k: v for k, v in spec.items() if k != "name"}
     if name in OTHER_RULES:
-        return OTHER_RULES[name] if name != "lrp.norm" else replace(NORM, **params) if params else NORM
+        return replace(OTHER_RULES[name], **params) if params else OTHER_RULES[name]
     if name not in RULE_NAMES:
         raise CompileError([Problem(where, None, None, f"unknown rule '{name}'",
                                     f"use one of {', '.join(RULE_NAMES + tuple(OTHER_RULES))}")])

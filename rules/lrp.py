@@ -339,3 +339,57 @@ class Norm(Rule):
 
 PASS = Pass()
 NORM = Norm()
+
+
+@dataclass(frozen=True)
+class BatchNormTwoMaps(Rule):
+    """Inference BatchNorm as two linear maps, each with the epsilon rule (``batchnorm="linear2"``).
+
+    ``m = x - mu`` (a shift), then ``y = s m + beta`` with ``s = gamma / sqrt(var + eps_bn)``:
+    ``R_m = m s R / stab(y)`` and ``R_x = x R_m / stab(m)``.
+    """
+
+    name: str = "lrp.batchnorm_two_maps"
+    epsilon: float = 1e-6
+
+    def handles(self, op_type: str) -> bool:
+        return op_type == "BatchNormalization"
+
+    def backward(self, ctx: Ctx, node, gy: list) -> list:
+        b, x, y = ctx.b, node.input[0], node.output[0]
+        gamma, beta, mean, var = (ctx.require_const(node.input[i], "parameter").astype(np.float64)
+                                  for i in range(1, 5))
+        rank = ctx.g.rank(x) or 4
+        shape = (-1,) + (1,) * (rank - 2)
+        dt = helper.tensor_dtype_to_np_dtype(ctx.g.dtype(x))
+        s = (gamma / np.sqrt(var + node_attr(node, "epsilon", 1e-5))).reshape(shape).astype(dt)
+        m = b.op("Sub", x, b.const(mean.reshape(shape).astype(dt)))
+        r_m = b.op("Mul", b.op("Mul", m, b.const(s)), safe_divide(ctx, gy[0], stabilize(ctx, y, self.epsilon)))
+        r_x = b.op("Mul", x, safe_divide(ctx, r_m, stabilize(ctx, m, self.epsilon)))
+        return [r_x] + [None] * (len(node.input) - 1)
+
+
+@dataclass(frozen=True)
+class MaxPoolProportional(Rule):
+    """Max pooling redistributing in proportion to the inputs instead of winner-take-all.
+
+    Each window is treated as a sum: ``R_i = x_i sum_{windows o containing i} R_o / stab(sum_{j in o} x_j)``
+    (the ``Norm`` rule on the window sum; padded positions count as zero).  The default for max
+    pooling in every composite is the gradient (winner-take-all), as in Zennit and iNNvestigate.
+    """
+
+    name: str = "lrp.maxpool_proportional"
+    epsilon: float = 1e-6
+
+    def handles(self, op_type: str) -> bool:
+        return op_type == "MaxPool"
+
+    def backward(self, ctx: Ctx, node, gy: list) -> list:
+        b, x = ctx.b, node.input[0]
+        keep = ("kernel_shape", "strides", "pads", "dilations", "ceil_mode", "auto_pad")
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name in keep}
+        avg = b.op("AveragePool", x, count_include_pad=1, **attrs)
+        ctx.g.alias(avg, node.output[0])
+        s = safe_divide(ctx, gy[0], stabilize(ctx, avg, self.epsilon))
+        clone = helper.make_node("AveragePool", [x], [avg], name=node.name, count_include_pad=1, **attrs)
+        return [b.op("Mul", x, VJP["AveragePool"](ctx, clone, [s])[0])]

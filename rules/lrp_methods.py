@@ -20,7 +20,6 @@ import os
 from ..compiler.errors import CompileError, Problem
 from . import composites as comp
 from . import selectors as sel
-from .lrp import PASS
 from .methods import Method, Param
 
 _EPS7 = Param("epsilon", 1e-7, "stabilizer of the epsilon rule: z + epsilon * sign(z)")
@@ -41,7 +40,7 @@ def _single(name: str):
             raise CompileError([Problem(actx.g.source, None, None,
                                         f"lrp.alpha_beta needs alpha - beta = 1 (got alpha={p['alpha']}, "
                                         f"beta={p['beta']})", "e.g. alpha=2, beta=1 or alpha=1, beta=0")])
-        return comp.single_rule_composite(name, p).assigner(actx)
+        return comp.single_rule_composite(name, p, actx.batchnorm).assigner(actx)
     return make
 
 
@@ -62,7 +61,7 @@ def _preset(kind: str):
             return comp.Composite(kind, entries, base=comp.innvestigate_base_map(deep_taylor=True)).assigner(actx)
         conv_rule = inn("lrp.alpha_1_beta_0" if "_a" in kind else "lrp.alpha_2_beta_1")
         entries = [(dense, inn("lrp.epsilon", epsilon=p["epsilon"])), (conv, conv_rule),
-                   (sel.op("BatchNormalization"), PASS)]
+                   (sel.op("BatchNormalization"), comp.batchnorm_rule(actx.batchnorm, p["epsilon"]))]
         if kind.endswith("_flat"):
             entries.insert(0, (first, inn("lrp.flat")))
         return comp.Composite(kind, entries, base=comp.innvestigate_base_map()).assigner(actx)
@@ -76,7 +75,7 @@ def _zennit(name: str):
                                         "lrp.epsilon_gamma_box needs the input range: low and high",
                                         "e.g. --param low=0 --param high=1 for images in [0, 1], or one value "
                                         "per channel for normalised inputs")])
-        return comp.zennit_composite(name, p).assigner(actx)
+        return comp.zennit_composite(name, p, actx.batchnorm).assigner(actx)
     return make
 
 
@@ -111,7 +110,7 @@ def load_rule_spec(spec, where: str = "rules spec") -> dict:
     return {"rules": data} if isinstance(data, list) else data
 
 
-def spec_composite(spec, defaults: dict) -> comp.Composite:
+def spec_composite(spec, defaults: dict, batchnorm: str = "fold") -> comp.Composite:
     """A composite from a rule spec: its entries first, then the ``base`` composite (if any)."""
     where = spec if isinstance(spec, str) and os.path.isfile(spec) else "rules spec"
     data = load_rule_spec(spec, where)
@@ -131,12 +130,14 @@ def spec_composite(spec, defaults: dict) -> comp.Composite:
     base = None
     if data.get("base"):
         try:
-            base = comp.zennit_composite(data["base"], defaults)
+            base = comp.zennit_composite(data["base"], defaults, batchnorm)
         except KeyError:
             problems.append(Problem(where, None, None, f"unknown base composite '{data['base']}'",
                                     f"use one of {', '.join(ZENNIT)}"))
     if problems:
         raise CompileError(problems)
+    if base is None:
+        entries.append((sel.op("BatchNormalization"), comp.batchnorm_rule(batchnorm, defaults.get("epsilon", 1e-6))))
     return comp.with_overrides(base, entries, "lrp")
 
 
@@ -144,7 +145,7 @@ def _custom(actx, p):
     if not p.get("rules"):
         raise CompileError([Problem(actx.g.source, None, None, "method 'lrp' needs a rule spec",
                                     "pass --rules spec.json (or rules=... in Python), or use a named composite")])
-    return spec_composite(p["rules"], p).assigner(actx)
+    return spec_composite(p["rules"], p, actx.batchnorm).assigner(actx)
 
 
 ZENNIT = ("lrp.epsilon_plus", "lrp.epsilon_plus_flat", "lrp.epsilon_gamma_box", "lrp.epsilon_alpha2_beta1",

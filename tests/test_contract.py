@@ -197,3 +197,58 @@ def test_health_outputs():
                                out["input_t_gradient/x"].reshape(3, -1).sum(1), rtol=1e-5, atol=1e-6)
     assert out["gradient/finite"].dtype == bool and out["gradient/finite"].all()
     assert logits.shape == (3, 5)
+
+
+def _bn_then(layer: str):
+    r = rng(21)
+    c = 3
+    nodes = [helper.make_node("BatchNormalization", ["x", "g", "be", "mu", "var"], ["y"], epsilon=1e-3)]
+    if layer == "Conv":
+        nodes += [helper.make_node("Conv", ["y", "w", "b"], ["c"]), helper.make_node("Flatten", ["c"], ["out"])]
+        w, shape, out = r.standard_normal((2, c, 3, 3)), ["N", c, 5, 5], ["N", 18]
+    else:
+        nodes += [helper.make_node("Gemm", ["y", "w", "b"], ["out"], transB=1, alpha=0.5, beta=2.0)]
+        w, shape, out = r.standard_normal((4, c)), ["N", c], ["N", 4]
+    inits = {"g": r.uniform(0.5, 2, c), "be": r.standard_normal(c), "mu": r.standard_normal(c),
+             "var": r.uniform(0.5, 2, c), "w": w, "b": r.standard_normal(w.shape[0])}
+    return make_model(nodes, [("x", shape)], [("out", out)], {k: v.astype(np.float32) for k, v in inits.items()}), \
+        inits
+
+
+@pytest.mark.parametrize("layer", ["Conv", "Gemm"])
+def test_batchnorm_fold_after_keeps_outputs(layer):
+    model, _ = _bn_then(layer)
+    g = prepare(model, batchnorm="fold_after")
+    assert not any(n.op_type == "BatchNormalization" for n in g.nodes)
+    shape = [2, 3, 5, 5] if layer == "Conv" else [2, 3]
+    x = rng(2).standard_normal(shape).astype(np.float32)
+    np.testing.assert_allclose(run(g.to_model(), {"x": x})["out"], run(model, {"x": x})["out"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["pass", "linear", "linear2"])
+def test_batchnorm_as_its_own_layer(mode):
+    """BatchNorm before a Gemm, LRP-epsilon: pass-through, one linear map, or two maps (shift, scale)."""
+    model, p = _bn_then("Gemm")
+    x = rng(5).standard_normal((3, 3)).astype(np.float32)
+    out = run(onnxplain.compile(model, "lrp.epsilon", epsilon=0.5, batchnorm=mode), {"x": x})
+    meta = {q.key: q.value for q in onnxplain.compile(model, "lrp.epsilon", batchnorm=mode).metadata_props}
+    assert json.loads(meta["onnxplain.canonicalization"])["batchnorm"] == mode
+    x64 = x.astype(np.float64)
+    s = p["g"] / np.sqrt(p["var"] + 1e-3)
+    y = s * (x64 - p["mu"]) + p["be"]
+    z = 0.5 * y @ p["w"].T + 2.0 * p["b"]
+    t = z.argmax(1)
+    r = np.zeros_like(z)
+    r[np.arange(3), t] = z[np.arange(3), t]
+
+    def stab(v, eps):
+        return v + eps * np.where(v >= 0, 1.0, -1.0)
+    r_y = y * ((r / stab(z, 0.5)) @ (0.5 * p["w"]))
+    if mode == "pass":
+        expect = r_y
+    elif mode == "linear":
+        expect = x64 * s * r_y / stab(y, 0.5)
+    else:
+        m = x64 - p["mu"]
+        expect = x64 * (m * s * r_y / stab(y, 0.5)) / stab(m, 0.5)
+    assert rel_err(out["lrp.epsilon/x"], expect) < 1e-5

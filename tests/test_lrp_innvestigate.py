@@ -143,3 +143,24 @@ def test_deep_taylor_conserves_the_positive_logit():
     x = np.abs(rng(4).standard_normal((2, 2, 10, 10))).astype(np.float32)
     out = run(onnxplain.compile(model, "deep_taylor", health=True), {"x": x})
     np.testing.assert_allclose(out["deep_taylor/relevance_sum"], np.maximum(out["explained_value"], 0), rtol=1e-4)
+
+
+def test_maxpool_proportional_option():
+    """A rule spec can make max pooling redistribute in proportion to the window's inputs."""
+    x = np.abs(rng(7).standard_normal((1, 1, 4, 4))).astype(np.float32)
+    nodes = [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "w"], ["logits"], name="dense")]
+    w = np.eye(4, dtype=np.float32)
+    model = make_model(nodes, [("x", ["N", 1, 4, 4])], [("logits", ["N", 4])], {"w": w})
+    spec = {"rules": [{"select": {"op": "MaxPool"}, "rule": "lrp.maxpool_proportional"},
+                      {"select": {"linear": True}, "rule": "lrp.z"}]}
+    out = run(onnxplain.compile(model, "lrp", rules=spec), {"x": x})["lrp/x"][0, 0]
+    win = x[0, 0].reshape(2, 2, 2, 2).transpose(0, 2, 1, 3).reshape(4, 4)
+    t = win.max(1).argmax()
+    expect = np.zeros((4, 4))
+    expect[t] = win[t] / win[t].sum() * win[t].max()
+    expect = expect.reshape(2, 2, 2, 2).transpose(0, 2, 1, 3).reshape(4, 4)
+    np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-7)
+    winner = run(onnxplain.compile(model, "lrp.z"), {"x": x})["lrp.z/x"][0, 0]
+    assert np.count_nonzero(winner) == 1 and np.isclose(winner.sum(), win[t].max())
