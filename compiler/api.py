@@ -21,7 +21,7 @@ from . import canonicalize as canon
 from .emit import emit_backward, differentiable_path, path_nodes
 from .errors import CompileError, Problem
 from .export import add_metadata, check, set_versions
-from .graph import Builder, Graph, load_model
+from .graph import Builder, Graph, load_model, strip_weights
 from .assign import AssignContext
 from .head import explained_tensor, explained_value, make_target_input, one_hot_seed, resolve_target
 from .sampling import emit_sampling
@@ -104,8 +104,9 @@ def prepare(model, source: Optional[str] = None, batchnorm: str = "fold") -> Gra
     """Load, upgrade the opset, infer shapes and canonicalize; return the :class:`Graph`."""
     src = source or (str(model) if isinstance(model, (str,)) or hasattr(model, "__fspath__") else "model")
     proto = load_model(model, src)
-    proto = canon.upgrade_opset(proto, src)
-    g = Graph.from_model(proto, src)
+    light, stash = strip_weights(proto)
+    light = canon.upgrade_opset(light, src)
+    g = Graph.from_model(light, src, stash)
     _name_nodes(g)
     canon.infer_shapes(g)
     canon.canonicalize(g, batchnorm=batchnorm)

@@ -27,7 +27,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import CompileError, Problem
-from .graph import Graph, TensorInfo, attr, _info_from_vi
+from .graph import Graph, TensorInfo, _info_from_vi, attr
 from .shapes import fold_reshape_shapes
 
 #: The smallest default-domain opset of a compiled model.
@@ -39,7 +39,11 @@ _FOLD_MAX_ELEMENTS = 1 << 24
 
 
 def upgrade_opset(model: onnx.ModelProto, source: str = "model") -> onnx.ModelProto:
-    """Return ``model`` converted to opset :data:`MIN_OPSET` when it is older."""
+    """Return ``model`` converted to opset :data:`MIN_OPSET` when it is older.
+
+    Pass a light model (:func:`~onnxplain.compiler.graph.strip_weights`): the converter copies
+    the whole model.
+    """
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or opset >= MIN_OPSET:
         return model
@@ -55,7 +59,7 @@ def upgrade_opset(model: onnx.ModelProto, source: str = "model") -> onnx.ModelPr
 
 def infer_shapes(g: Graph) -> None:
     """Run ONNX shape inference (with data propagation) and store the results in ``g.info``."""
-    model = g.to_model()
+    model = g.light_model()
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - fall back to what the file declares

@@ -33,7 +33,15 @@ def add_metadata(model: onnx.ModelProto, entries: dict) -> None:
 
 
 def check(model: onnx.ModelProto, source: str = "model") -> None:
-    """Run the full ONNX checker and verify every node is in the default domain."""
+    """Run the full ONNX checker and verify every node is in the default domain.
+
+    The checker runs on a light copy whose large weights are typed graph inputs: the graph,
+    its types and shapes are what it verifies, and serialising hundreds of megabytes of weights
+    for it dominated compile time.  (The test-suite runs the full checker on whole models.)
+    """
+    from .graph import strip_weights
+
+    model = strip_weights(model)[0]
     bad = sorted({n.op_type for n in _all_nodes(model.graph) if n.domain not in ("", "ai.onnx")})
     if bad:
         raise CompileError([Problem(source, None, None,

@@ -86,6 +86,72 @@ def _all_tensors(proto: onnx.ModelProto):
     yield from onnx.external_data_helper._get_all_tensors(proto)
 
 
+#: initializers larger than this (elements) are replaced by graph inputs in "light" copies
+LIGHT_LIMIT = 4096
+
+
+def strip_weights(model: onnx.ModelProto, limit: int = LIGHT_LIMIT) -> tuple:
+    """A light copy of ``model`` whose large initializers are graph inputs of the same type and shape.
+
+    ONNX shape inference, the version converter and the checker only need the weights' shapes;
+    serialising hundreds of megabytes of weights for each of them dominated compile time.
+    Returns ``(light model, {name: TensorProto})``; :func:`restore_weights` undoes it.
+    """
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.producer_name, light.producer_version = model.producer_name, model.producer_version
+    light.domain, light.model_version, light.doc_string = model.domain, model.model_version, model.doc_string
+    light.metadata_props.extend(model.metadata_props)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    light.graph.name = model.graph.name
+    light.graph.node.extend(model.graph.node)
+    light.graph.output.extend(model.graph.output)
+    light.graph.value_info.extend(model.graph.value_info)
+    stash = {}
+    inputs = list(model.graph.input)
+    init_names = {t.name for t in model.graph.initializer}
+    inputs = [i for i in inputs if i.name not in init_names]
+    for t in model.graph.initializer:
+        if int(np.prod(t.dims)) > limit:
+            stash[t.name] = t
+            inputs.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            light.graph.initializer.append(t)
+    light.graph.input.extend(inputs)
+    return light, stash
+
+
+def _without_inputs(model: onnx.ModelProto, names: set) -> onnx.ModelProto:
+    """A shallow-ish copy of a (light) model whose graph inputs ``names`` are dropped."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    keep = [i for i in out.graph.input if i.name not in names]
+    del out.graph.input[:]
+    out.graph.input.extend(keep)
+    return out
+
+
+def restore_weights(light: onnx.ModelProto, stash: dict, model: onnx.ModelProto) -> onnx.ModelProto:
+    """Put the stashed initializers back (and the original model's non-graph fields)."""
+    out = onnx.ModelProto()
+    out.ir_version = light.ir_version
+    out.producer_name, out.producer_version = model.producer_name, model.producer_version
+    out.domain, out.model_version, out.doc_string = model.domain, model.model_version, model.doc_string
+    out.opset_import.extend(light.opset_import)
+    out.metadata_props.extend(model.metadata_props)
+    out.functions.extend(light.functions)
+    g = out.graph
+    g.name = light.graph.name
+    g.node.extend(light.graph.node)
+    g.input.extend(i for i in light.graph.input if i.name not in stash)
+    g.output.extend(light.graph.output)
+    g.value_info.extend(light.graph.value_info)
+    g.initializer.extend(light.graph.initializer)
+    g.initializer.extend(stash.values())
+    return out
+
+
 @dataclass
 class TensorInfo:
     """Static information on one tensor: element type and shape (ints, strings or None)."""
@@ -144,15 +210,22 @@ class Graph:
 
     # ------------------------------------------------------------------ build
     @classmethod
-    def from_model(cls, model: onnx.ModelProto, source: str = "model") -> "Graph":
-        """Wrap ``model`` (its graph is copied; ``model`` itself is not changed)."""
+    def from_model(cls, model: onnx.ModelProto, source: str = "model", stash: Optional[dict] = None) -> "Graph":
+        """Wrap ``model`` (its graph is copied; ``model`` itself is not changed).
+
+        ``stash`` holds initializers taken out by :func:`strip_weights`; they become initializers
+        again (and stop being graph inputs).
+        """
+        if stash:
+            model = _without_inputs(model, set(stash))
         g = model.graph
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         info = {}
         for vi in list(g.input) + list(g.value_info) + list(g.output):
             info[vi.name] = _info_from_vi(vi)
         inits = {t.name: t for t in g.initializer}
-        for t in g.initializer:
+        inits.update(stash or {})
+        for t in inits.values():
             info[t.name] = TensorInfo(t.data_type, list(t.dims))
         init_names = set(inits)
         inputs = [vi for vi in g.input if vi.name not in init_names]
@@ -300,6 +373,17 @@ class Graph:
                 needed.update(_subgraph_inputs(n))
         self.nodes = list(reversed(keep))
         self.inits = {k: v for k, v in self.inits.items() if k in needed}
+
+    def light_model(self, limit: int = LIGHT_LIMIT) -> onnx.ModelProto:
+        """:meth:`to_model` without copying large initializers (they become typed graph inputs)."""
+        big = {k for k, t in self.inits.items() if int(np.prod(t.dims)) > limit}
+        saved = self.inits
+        self.inits = {k: t for k, t in saved.items() if k not in big}
+        try:
+            extra = [helper.make_tensor_value_info(k, saved[k].data_type, list(saved[k].dims)) for k in big]
+            return self.to_model(extra_inputs=extra)
+        finally:
+            self.inits = saved
 
     def to_model(self, extra_inputs=(), extra_outputs=(), extra_inits=()) -> onnx.ModelProto:
         """Assemble a new ``ModelProto`` (inputs/outputs/metadata of the original kept)."""
