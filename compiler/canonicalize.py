@@ -11,6 +11,7 @@ Passes:
   :data:`MIN_OPSET` with ONNX's version converter, so that emitters need to
   know only one signature of each op.
 * :func:`infer_shapes` - ONNX shape inference with data propagation.
+* :func:`rewrite_ml_ops` - ``ai.onnx.ml`` ops with a default-domain equivalent.
 * :func:`remove_identities` - drop Identity and (inference-mode) Dropout.
 * :func:`fold_constants` - evaluate nodes whose inputs are all constant.
 * :func:`~onnxplain.compiler.shapes.fold_reshape_shapes` - make run-time Reshape
@@ -75,6 +76,28 @@ def _more_static(new, old) -> bool:
     if len(new) != len(old):
         return False
     return sum(isinstance(d, int) for d in new) > sum(isinstance(d, int) for d in old)
+
+
+def rewrite_ml_ops(g: Graph) -> int:
+    """Replace ``ai.onnx.ml`` ops that have a default-domain equivalent (compiled models use only the
+    default domain): ``ArrayFeatureExtractor(X, i)`` = ``Gather(X, i, axis=-1)`` (plus a leading unit
+    axis for a 1-D ``X``, as ONNX Runtime's kernel produces), as scikit-learn exporters emit for labels."""
+    from onnx import helper as h
+
+    out, changed = [], 0
+    for n in g.nodes:
+        if n.domain == "ai.onnx.ml" and n.op_type == "ArrayFeatureExtractor" and g.rank(n.input[0]) is not None:
+            one_d = g.rank(n.input[0]) == 1
+            gathered = g.fresh(f"{n.name}/gather") if one_d else n.output[0]
+            out.append(h.make_node("Gather", [n.input[0], n.input[1]], [gathered], axis=-1, name=g.fresh(n.name)))
+            if one_d:
+                axes = g.add_initializer(np.array([0], np.int64), f"{n.name}/axes")
+                out.append(h.make_node("Unsqueeze", [gathered, axes], [n.output[0]], name=g.fresh(f"{n.name}/unsq")))
+            changed += 1
+        else:
+            out.append(n)
+    g.nodes = out
+    return changed
 
 
 def remove_identities(g: Graph) -> int:
@@ -294,7 +317,8 @@ def canonicalize(g: Graph, batchnorm: str = "fold") -> dict:
     canonizers); ``"fold_after"`` first into the following layer where exact, then into the
     preceding one; ``"pass"``, ``"linear"`` and ``"linear2"`` keep every BatchNorm (the rules decide).
     """
-    counts = {"remove_identities": 0, "fold_constants": 0, "fold_reshape_shapes": 0, "fold_batchnorm": 0}
+    counts = {"remove_identities": 0, "fold_constants": 0, "fold_reshape_shapes": 0, "fold_batchnorm": 0,
+              "rewrite_ml_ops": rewrite_ml_ops(g)}
     for _ in range(50):
         changed = 0
         for name, fn in (("remove_identities", remove_identities), ("fold_constants", fold_constants),

@@ -42,11 +42,13 @@ def check(model: onnx.ModelProto, source: str = "model") -> None:
     from .graph import strip_weights
 
     model = strip_weights(model)[0]
-    bad = sorted({n.op_type for n in _all_nodes(model.graph) if n.domain not in ("", "ai.onnx")})
+    bad = [n for n in _all_nodes(model.graph) if n.domain not in ("", "ai.onnx")]
     if bad:
-        raise CompileError([Problem(source, None, None,
-                                    f"the compiled graph would use non-default-domain ops {bad}",
-                                    "this is a bug in onnxplain; please report it")])
+        raise CompileError([Problem(source, n.name, f"{n.domain}.{n.op_type}",
+                                    "the model uses an op outside the default ONNX domain, which a compiled model "
+                                    "may not contain (it must load in any plain ONNX Runtime)",
+                                    "re-export without it (e.g. skl2onnx with options {'zipmap': False})")
+                            for n in bad])
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # noqa: BLE001
