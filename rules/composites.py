@@ -232,8 +232,44 @@ def with_overrides(base: Optional[Composite], entries: list, name: str) -> Compo
     return c
 
 
-def rule_from_spec(spec, where: str):
-    """A rule from ``"lrp.epsilon"`` or ``{"name": "lrp.epsilon", "epsilon": 0.25}``."""
+#: the parameters each rule accepts in a spec (numbers; low/high also lists)
+RULE_PARAMS = {"lrp.epsilon": ("epsilon",), "lrp.alpha_beta": ("alpha", "beta"), "lrp.gamma": ("gamma",),
+               "lrp.bounded": ("low", "high"), "lrp.norm": ("epsilon",), "lrp.maxpool_proportional": ("epsilon",)}
+
+
+def check_rule_params(name: str, params: dict, where: str) -> list:
+    """Every problem with a rule's parameters: unknown names, non-numbers, alpha/beta constraints."""
+    problems, allowed = [], RULE_PARAMS.get(name, ())
+    for k, v in params.items():
+        if k not in allowed:
+            problems.append(Problem(where, None, None, f"rule '{name}' has no parameter '{k}'",
+                                    f"'{name}' accepts {', '.join(allowed) or 'no parameters'}"))
+        elif not _numeric(v, lists=k in ("low", "high")):
+            problems.append(Problem(where, None, None, f"parameter '{k}' of rule '{name}' must be a number"
+                                    + (" or a list of numbers" if k in ("low", "high") else "") + f", got {v!r}",
+                                    "fix the value"))
+    if name == "lrp.alpha_beta" and not problems:
+        a, b = float(params.get("alpha", 2.0)), float(params.get("beta", 1.0))
+        if a < 0 or b < 0 or abs(a - b - 1.0) > 1e-9:
+            problems.append(Problem(where, None, None, f"lrp.alpha_beta needs alpha, beta >= 0 and alpha - beta = 1 "
+                                    f"(got alpha={a}, beta={b})", "e.g. alpha=2, beta=1 or alpha=1, beta=0"))
+    return problems
+
+
+def _numeric(v, lists: bool) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float)):
+        return True
+    return lists and isinstance(v, (list, tuple)) and len(v) > 0 and all(_numeric(x, False) for x in v)
+
+
+def rule_from_spec(spec, where: str, defaults: Optional[dict] = None):
+    """A rule from ``"lrp.epsilon"`` or ``{"name": "lrp.epsilon", "epsilon": 0.25}``.
+
+    Parameters a spec rule does not set come from ``defaults`` (the ``lrp`` method's own
+    ``epsilon``, ``gamma``, ``low``, ``high``).
+    """
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, dict) or "name" not in spec:
@@ -241,9 +277,20 @@ def rule_from_spec(spec, where: str):
                                     f"use one of {', '.join(RULE_NAMES + tuple(OTHER_RULES))}")])
     name = spec["name"]
     params = {k: v for k, v in spec.items() if k != "name"}
-    if name in OTHER_RULES:
-        return replace(OTHER_RULES[name], **params) if params else OTHER_RULES[name]
-    if name not in RULE_NAMES:
+    if name not in RULE_NAMES and name not in OTHER_RULES:
         raise CompileError([Problem(where, None, None, f"unknown rule '{name}'",
                                     f"use one of {', '.join(RULE_NAMES + tuple(OTHER_RULES))}")])
+    problems = check_rule_params(name, params, where)
+    if problems:
+        raise CompileError(problems)
+    for k in RULE_PARAMS.get(name, ()):
+        if k not in params and (defaults or {}).get(k) is not None and k != "epsilon" or (
+                k == "epsilon" and k not in params and name == "lrp.epsilon" and (defaults or {}).get(k) is not None):
+            params[k] = defaults[k]
+    if name == "lrp.bounded" and (params.get("low") is None or params.get("high") is None):
+        raise CompileError([Problem(where, None, None, "rule 'lrp.bounded' needs low and high",
+                                    "set them in the rule ({\"name\": \"lrp.bounded\", \"low\": 0, \"high\": 1}) "
+                                    "or as parameters of the lrp method")])
+    if name in OTHER_RULES:
+        return replace(OTHER_RULES[name], **params) if params else OTHER_RULES[name]
     return rule(name, **params)

@@ -212,6 +212,12 @@ class _Layer:
         self._cache[key] = t
         return t
 
+    def _scales(self) -> tuple:
+        """Gemm's ``alpha`` and ``beta``: the layer's matrix is ``alpha B`` and its bias ``beta C``."""
+        if self.node.op_type != "Gemm":
+            return 1.0, 1.0
+        return float(node_attr(self.node, "alpha", 1.0)), float(node_attr(self.node, "beta", 1.0))
+
     def _params(self, ctx: Ctx, w_how: str, b_how: str, rule: LinearRule) -> tuple:
         gamma = rule.gamma if rule is not None else 0.0
         if self.node.op_type == "BatchNormalization":
@@ -219,21 +225,28 @@ class _Layer:
         key = ("params", w_how, b_how)
         if key in self._cache:
             return self._cache[key]
+        alpha, beta = self._scales()
+        scaled = (alpha, beta) != (1.0, 1.0)
         w = ctx.const(self.node.input[self.weight])
-        wm = ctx.b.const(_modify(w, w_how, gamma).astype(w.dtype)) if w_how != "w" else self.node.input[
-            self.weight]
+        if w_how == "w" and not scaled:
+            wm = self.node.input[self.weight]
+        else:  # modifiers act on the layer's actual matrix alpha * B
+            wm = ctx.b.const(_modify(w.astype(np.float64) * alpha, w_how, gamma).astype(w.dtype))
         bm = None
         if self.bias is not None:
             bv = ctx.const(self.node.input[self.bias])
-            mod = _modify(bv, b_how, gamma)
-            bm = None if mod is None else (self.node.input[self.bias] if b_how == "b" else ctx.b.const(
-                mod.astype(bv.dtype)))
+            mod = _modify(bv.astype(np.float64) * beta, b_how, gamma)
+            if mod is not None:
+                bm = self.node.input[self.bias] if b_how == "b" and not scaled else ctx.b.const(mod.astype(bv.dtype))
         self._cache[key] = (wm, bm)
         return wm, bm
 
     def _copy(self, xt: str, wm: str, bm: Optional[str]):
         n = helper.make_node(self.node.op_type, [], [self.node.output[0]], name=self.node.name)
-        n.attribute.extend(self.node.attribute)
+        if self._scales() != (1.0, 1.0) and wm != self.node.input[self.weight]:
+            n.attribute.extend(a for a in self.node.attribute if a.name not in ("alpha", "beta"))
+        else:
+            n.attribute.extend(self.node.attribute)
         ins = list(self.node.input)
         ins[self.data], ins[self.weight] = xt, wm
         if self.bias is not None:
@@ -283,9 +296,17 @@ def _bn_affine(ctx: Ctx, node, w_how: str, b_how: str, gamma: float) -> tuple:
 
 
 def _bound_const(ctx: Ctx, value, like: str) -> str:
+    if value is None:
+        raise Unsupported("lrp.bounded needs the input range low/high", "give low and high")
     dt = helper.tensor_dtype_to_np_dtype(ctx.g.dtype(like))
     arr = np.asarray(value, dtype=np.float64)
-    rank = ctx.g.rank(like) or 4
+    shape = ctx.g.shape(like) or []
+    rank = len(shape) or 4
+    if arr.ndim == 1 and arr.size > 1:
+        channels = shape[1] if len(shape) > 1 else None
+        if isinstance(channels, int) and arr.size != channels:
+            raise Unsupported(f"low/high has {arr.size} values but the layer's input has {channels} channels "
+                              "(axis 1)", "give a scalar or one value per channel")
     if arr.ndim == 1 and rank > 2:
         arr = arr.reshape((1, -1) + (1,) * (rank - 2))
     return ctx.b.const(arr.astype(dt))

@@ -36,10 +36,10 @@ _BETA = Param("beta", 1.0, "weight of the negative contributions")
 
 def _single(name: str):
     def make(actx, p):
-        if name == "lrp.alpha_beta" and abs(p["alpha"] - p["beta"] - 1.0) > 1e-9:
-            raise CompileError([Problem(actx.g.source, None, None,
-                                        f"lrp.alpha_beta needs alpha - beta = 1 (got alpha={p['alpha']}, "
-                                        f"beta={p['beta']})", "e.g. alpha=2, beta=1 or alpha=1, beta=0")])
+        if name == "lrp.alpha_beta":
+            problems = comp.check_rule_params(name, {"alpha": p["alpha"], "beta": p["beta"]}, actx.g.source)
+            if problems:
+                raise CompileError(problems)
         return comp.single_rule_composite(name, p, actx.batchnorm).assigner(actx)
     return make
 
@@ -124,7 +124,7 @@ def spec_composite(spec, defaults: dict, batchnorm: str = "fold") -> comp.Compos
                 raise CompileError([Problem(where, None, None, f"entry {k}: expected {{select: ..., rule: ...}}, "
                                             f"got {item!r}", "give 'select' (optional) and 'rule'")])
             s = sel.from_spec(item["select"], where) if "select" in item else sel.linear()
-            entries.append((s, comp.rule_from_spec(item["rule"], where)))
+            entries.append((s, comp.rule_from_spec(item["rule"], where, defaults)))
         except CompileError as exc:
             problems.extend(exc.problems)
     base = None
