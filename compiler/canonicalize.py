@@ -177,33 +177,45 @@ def _static_shape(g: Graph, n: onnx.NodeProto) -> np.ndarray:
     return s[start:end]
 
 
-def fold_batchnorm(g: Graph) -> int:
-    """Fold BatchNormalization into a preceding Conv/ConvTranspose/Gemm that feeds only it."""
-    consumers = g.consumers()
-    producers = g.producers()
-    outputs = set(g.output_names())
+def _fold_batchnorms(g: Graph, partner, fold) -> int:
+    """Fold every BatchNorm for which ``partner(g, bn, consumers, producers)`` finds a layer.
+
+    ``partner`` returns ``(layer, weight)`` or None; ``fold(g, bn, layer, weight, params)`` rewrites
+    the layer so that it computes the pair; the BatchNorm is then dropped.
+    """
+    consumers, producers = g.consumers(), g.producers()
     removed, changed = set(), 0
     for bn in g.nodes:
         if bn.op_type != "BatchNormalization" or len([o for o in bn.output if o]) != 1:
             continue
-        prev = producers.get(bn.input[0])
-        if prev is None or prev.op_type not in ("Conv", "ConvTranspose", "Gemm"):
-            continue
-        if len(consumers.get(prev.output[0], [])) != 1 or prev.output[0] in outputs:
-            continue
         params = [g.const(i) for i in bn.input[1:5]]
-        w = g.const(prev.input[1])
-        if any(p is None for p in params) or w is None:
+        found = partner(g, bn, consumers, producers)
+        if found is None or any(p is None for p in params):
             continue
-        if prev.op_type == "Gemm" and (attr(prev, "transA", 0) or w.ndim != 2):
-            continue
-        _fold_one(g, prev, bn, w, params)
+        fold(g, bn, found[0], found[1], params)
         removed.add(id(bn))
         changed += 1
     g.nodes = [n for n in g.nodes if id(n) not in removed]
     if changed:
         g.remove_unused()
     return changed
+
+
+def _before(g: Graph, bn, consumers, producers):
+    prev = producers.get(bn.input[0])
+    if prev is None or prev.op_type not in ("Conv", "ConvTranspose", "Gemm"):
+        return None
+    if len(consumers.get(prev.output[0], [])) != 1 or prev.output[0] in set(g.output_names()):
+        return None
+    w = g.const(prev.input[1])
+    if w is None or (prev.op_type == "Gemm" and (attr(prev, "transA", 0) or w.ndim != 2)):
+        return None
+    return prev, w
+
+
+def fold_batchnorm(g: Graph) -> int:
+    """Fold BatchNormalization into a preceding Conv/ConvTranspose/Gemm that feeds only it."""
+    return _fold_batchnorms(g, _before, lambda g_, bn, prev, w, params: _fold_one(g_, prev, bn, w, params))
 
 
 def _fold_one(g: Graph, prev, bn, w, params) -> None:
@@ -253,27 +265,18 @@ def fold_batchnorm_after(g: Graph) -> int:
     ``layer(s x + c) = (W s) x + (b + W c)``: exact only when the layer sees no padding (a
     padded border would be ``0`` instead of ``c``) and the BatchNorm feeds nothing else.
     """
-    consumers = g.consumers()
-    outputs = set(g.output_names())
-    removed, changed = set(), 0
-    for bn in g.nodes:
-        if bn.op_type != "BatchNormalization" or len([o for o in bn.output if o]) != 1:
-            continue
-        users = consumers.get(bn.output[0], [])
-        if len(users) != 1 or bn.output[0] in outputs:
-            continue
-        nxt = users[0]
-        params = [g.const(i) for i in bn.input[1:5]]
-        w = g.const(nxt.input[1]) if len(nxt.input) > 1 else None
-        if any(p is None for p in params) or w is None or nxt.input[0] != bn.output[0] or not _after_ok(nxt, w):
-            continue
-        _fold_after_one(g, bn, nxt, w, params)
-        removed.add(id(bn))
-        changed += 1
-    g.nodes = [n for n in g.nodes if id(n) not in removed]
-    if changed:
-        g.remove_unused()
-    return changed
+    return _fold_batchnorms(g, _after, _fold_after_one)
+
+
+def _after(g: Graph, bn, consumers, producers):
+    users = consumers.get(bn.output[0], [])
+    if len(users) != 1 or bn.output[0] in set(g.output_names()):
+        return None
+    nxt = users[0]
+    w = g.const(nxt.input[1]) if len(nxt.input) > 1 else None
+    if w is None or nxt.input[0] != bn.output[0] or not _after_ok(nxt, w):
+        return None
+    return nxt, w
 
 
 def _after_ok(nxt, w) -> bool:

@@ -95,7 +95,7 @@ def strip_weights(model: onnx.ModelProto, limit: int = LIGHT_LIMIT) -> tuple:
 
     ONNX shape inference, the version converter and the checker only need the weights' shapes;
     serialising hundreds of megabytes of weights for each of them dominated compile time.
-    Returns ``(light model, {name: TensorProto})``; :func:`restore_weights` undoes it.
+    Returns ``(light model, {name: TensorProto})``; :meth:`Graph.from_model` takes both back.
     """
     light = onnx.ModelProto()
     light.ir_version = model.ir_version
@@ -129,26 +129,6 @@ def _without_inputs(model: onnx.ModelProto, names: set) -> onnx.ModelProto:
     keep = [i for i in out.graph.input if i.name not in names]
     del out.graph.input[:]
     out.graph.input.extend(keep)
-    return out
-
-
-def restore_weights(light: onnx.ModelProto, stash: dict, model: onnx.ModelProto) -> onnx.ModelProto:
-    """Put the stashed initializers back (and the original model's non-graph fields)."""
-    out = onnx.ModelProto()
-    out.ir_version = light.ir_version
-    out.producer_name, out.producer_version = model.producer_name, model.producer_version
-    out.domain, out.model_version, out.doc_string = model.domain, model.model_version, model.doc_string
-    out.opset_import.extend(light.opset_import)
-    out.metadata_props.extend(model.metadata_props)
-    out.functions.extend(light.functions)
-    g = out.graph
-    g.name = light.graph.name
-    g.node.extend(light.graph.node)
-    g.input.extend(i for i in light.graph.input if i.name not in stash)
-    g.output.extend(light.graph.output)
-    g.value_info.extend(light.graph.value_info)
-    g.initializer.extend(light.graph.initializer)
-    g.initializer.extend(stash.values())
     return out
 
 
