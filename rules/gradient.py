@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import ops_elementwise, ops_linear, ops_pool, ops_shape  # noqa: F401 - register adapters
-from .base import VJP, Ctx, Unsupported, where_positive
+from .base import VJP, Ctx, Unsupported
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class GuidedReLU(Rule):
         return op_type == "Relu"
 
     def backward(self, ctx: Ctx, node, gy: list) -> list:
-        return [where_positive(ctx, node.input[0], ctx.b.op("Relu", gy[0]))]
+        return [ctx.b.op("Mul", ctx.b.op("Relu", gy[0]), ctx.b.op("Sign", node.output[0]))]
 
 
 GRADIENT = Gradient()

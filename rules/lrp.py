@@ -91,19 +91,28 @@ class LinearRule(Rule):
             raise Unsupported(f"rule {self.name} applies to linear layers ({', '.join(LINEAR_OPS)}), "
                               f"not to {node.op_type}", "assign another rule to this node")
         layer = _Layer.of(ctx, node)
+        nonneg = nonnegative(ctx.g, layer.x())
         out = None
         for group in self.groups:
             z = None
             xs = []
-            for t in group.terms:
+            # x- = 0 after a ReLU: a bias-free term of it contributes nothing
+            terms = [t for t in group.terms
+                     if not (nonneg and t.inp == "neg" and (t.bias == "none" or layer.bias is None))]
+            if not terms:
+                continue
+            for t in terms:
                 xt = layer.input(ctx, t.inp, self)
                 zt = layer.forward(ctx, xt, t.weight, t.bias, self)
                 zt = zt if t.sign > 0 else ctx.b.op("Neg", zt)
                 z = zt if z is None else ctx.b.op("Add", z, zt)
                 xs.append(xt)
-            s = safe_divide(ctx, _masked(ctx, layer, gy[0], group.mask),
-                            stabilize(ctx, z, self.epsilon, self.stabilizer))
-            for t, xt in zip(group.terms, xs):
+            r = _masked(ctx, layer, gy[0], group.mask)
+            if self.epsilon > 0 and self.stabilizer == "sign":  # |z + eps sign(z)| >= eps: never zero
+                s = ctx.b.op("Div", r, stabilize(ctx, z, self.epsilon, self.stabilizer))
+            else:
+                s = safe_divide(ctx, r, stabilize(ctx, z, self.epsilon, self.stabilizer))
+            for t, xt in zip(terms, xs):
                 c = ctx.b.op("Mul", xt, layer.transpose(ctx, s, t.weight, self))
                 coef = group.coef * t.sign
                 if coef != 1.0:
@@ -112,6 +121,38 @@ class LinearRule(Rule):
         res = [None] * len(node.input)
         res[layer.data] = out
         return res
+
+
+#: ops whose output is >= 0 whatever their input, and ops that keep non-negativity
+_NONNEG_OUT = {"Relu", "Sigmoid", "Softplus", "Exp", "Abs", "Softmax", "HardSigmoid", "ReduceL2", "ReduceL1",
+               "ReduceSumSquare"}
+_NONNEG_KEEP = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Reshape", "Flatten", "Transpose",
+                "Squeeze", "Unsqueeze", "Concat", "Split", "Slice", "Identity", "Dropout", "Resize", "Add", "Mul",
+                "ReduceMean", "ReduceSum", "ReduceMax", "Pad", "Gather", "Expand", "Tile", "Max"}
+
+
+def nonnegative(g, tensor: str, depth: int = 0) -> bool:
+    """Whether ``tensor`` is >= 0 by construction (e.g. a ReLU output, pooled): then ``x- = 0`` and
+    the rules' negative-input terms vanish, so they are not emitted."""
+    if depth > 30:
+        return False
+    v = g.const(tensor)
+    if v is not None:
+        return bool(np.all(v >= 0))
+    n = g.producers().get(g.resolve(tensor))
+    if n is None:
+        return False
+    if n.op_type in _NONNEG_OUT:
+        return True
+    if n.op_type == "Clip":
+        lo = g.const(n.input[1]) if len(n.input) > 1 and n.input[1] else None
+        return lo is not None and float(np.min(lo)) >= 0
+    if n.op_type in _NONNEG_KEEP:
+        data = [i for i in n.input[:1]] if n.op_type not in ("Add", "Mul", "Concat", "Max") else list(n.input)
+        if n.op_type == "Pad" and len(n.input) > 2 and n.input[2]:
+            data.append(n.input[2])
+        return all(nonnegative(g, i, depth + 1) for i in data if i)
+    return False
 
 
 def _masked(ctx: Ctx, layer: "_Layer", r: str, mask: str) -> str:
@@ -195,7 +236,7 @@ class _Layer:
         key = ("in", how)
         if key in self._cache:
             return self._cache[key]
-        if how == "x":
+        if how == "x" or (how == "pos" and nonnegative(ctx.g, x)):
             t = x
         elif how == "pos":
             t = b.op("Relu", x)

@@ -92,7 +92,8 @@ def _unary(fn):
 
 
 def _relu(ctx, node, x, y, g):
-    return where_positive(ctx, x, g)
+    """``dy * [x > 0]``, computed as ``dy * sign(y)`` (``y = relu(x) >= 0``: two fast element-wise ops)."""
+    return ctx.b.op("Mul", g, ctx.b.op("Sign", y))
 
 
 def _leaky(ctx, node, x, y, g):

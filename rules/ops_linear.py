@@ -74,9 +74,37 @@ def _out_spatial(ctx: Ctx, node, geo) -> list:
     return out
 
 
+def flipped_weight(ctx: Ctx, weight: str, wshape, group: int) -> str:
+    """``W'[i, o] = W[o, i]`` flipped along every spatial axis (per group): the kernel whose correlation
+    is the transpose of a stride-1 convolution.  Emitted as Transpose/Slice on the initializer, which
+    ONNX Runtime folds when the session is created (the file holds no copy)."""
+    b = ctx.b
+    cout, cin_g, kernel = wshape[0], wshape[1], list(wshape[2:])
+    nd = len(kernel)
+    if group == 1:
+        t = b.op("Transpose", weight, perm=[1, 0] + list(range(2, 2 + nd)))
+    else:
+        grouped = b.op("Reshape", weight, b.ints([group, cout // group, cin_g] + kernel))
+        t = b.op("Transpose", grouped, perm=[0, 2, 1] + list(range(3, 3 + nd)))
+        t = b.op("Reshape", t, b.ints([group * cin_g, cout // group] + kernel))
+    axes = list(range(2, 2 + nd))
+    return b.op("Slice", t, b.ints([-1] * nd), b.ints([np.iinfo(np.int64).min] * nd), b.ints(axes), b.ints([-1] * nd))
+
+
 def conv_transpose_of(ctx: Ctx, node, x: str, g: str, weight: str, kernel, group: int) -> str:
-    """``dx`` of a convolution-like map with weight tensor ``weight`` (layout [Cout, Cin/G, k...])."""
+    """``dx`` of a convolution-like map with weight tensor ``weight`` (layout [Cout, Cin/G, k...]).
+
+    Stride 1: a convolution of ``dy`` with the flipped, transposed kernel and pads ``eff - 1 - p``
+    (ONNX Runtime's Conv is much faster than its ConvTranspose); otherwise a ConvTranspose.
+    """
     geo = conv_geometry(ctx, node, x, kernel)
+    wshape = ctx.g.shape(weight)
+    nd = geo["nd"]
+    back = [e - 1 - p for e, p in zip(geo["eff"] * 2, geo["pads"])]
+    if all(s == 1 for s in geo["strides"]) and min(back) >= 0 and wshape is not None and \
+            all(isinstance(d, int) for d in wshape):
+        wf = flipped_weight(ctx, weight, wshape, group)
+        return ctx.b.op("Conv", g, wf, dilations=geo["dilations"], pads=back[:nd] + back[nd:], group=group)
     pads, outpad = transpose_pads(geo, _out_spatial(ctx, node, geo))
     return ctx.b.op("ConvTranspose", g, weight, strides=geo["strides"], dilations=geo["dilations"],
                     pads=pads, output_padding=outpad if any(outpad) else None, group=group)
