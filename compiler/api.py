@@ -11,12 +11,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
 import onnx
 from onnx import helper
 
 from .._version import __version__
-from ..rules.methods import METHODS, Method, get_method
+from ..rules.methods import METHODS, Method
 from . import canonicalize as canon
 from .emit import emit_backward, differentiable_path, path_nodes
 from .errors import CompileError, Problem

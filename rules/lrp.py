@@ -40,7 +40,7 @@ from typing import Optional
 import numpy as np
 from onnx import helper
 
-from .base import VJP, Ctx, Unsupported, label, node_attr
+from .base import VJP, Ctx, Unsupported, node_attr
 from .gradient import GRADIENT, Rule
 
 #: ops a linear rule applies to (the data input is the single input on the path)
