@@ -67,6 +67,13 @@ def _all_nodes(graph):
                     yield from _all_nodes(sg)
 
 
+def default_mode() -> int:
+    """The permissions a plain ``open(path, "w")`` would give (mkstemp's 0600 honours no umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def save_atomic(model: onnx.ModelProto, path: str) -> None:
     """Write ``model`` to ``path`` through a temporary file and a rename: complete or absent."""
     path = os.fspath(path)
@@ -77,6 +84,7 @@ def save_atomic(model: onnx.ModelProto, path: str) -> None:
         data = model.SerializeToString()
         with open(tmp, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -69,6 +69,8 @@ def grid(cells: Sequence[Sequence[np.ndarray]], path: str, row_titles: Sequence[
 
     from PIL import Image, ImageDraw
 
+    from ..compiler.export import default_mode
+
     n_rows, n_cols = len(cells), max(len(r) for r in cells)
     left = 8 + 7 * max((len(t) for t in row_titles), default=0)
     top = 22 if col_titles else 4
@@ -89,6 +91,7 @@ def grid(cells: Sequence[Sequence[np.ndarray]], path: str, row_titles: Sequence[
     os.close(fd)
     try:
         canvas.save(tmp, format="PNG")
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
