@@ -205,6 +205,36 @@ def _modify(w: np.ndarray, how: str, gamma: float) -> Optional[np.ndarray]:
     raise ValueError(how)
 
 
+def _modify_op(ctx: Ctx, name: str, how: str, gamma: float, scale: float = 1.0) -> Optional[str]:
+    """The modified parameter ``how(scale * param)`` as ops on the initializer ``name``.
+
+    Emitted as ops rather than new initializers: ONNX Runtime folds them once when the session is
+    created, and the compiled file holds no modified copies of the weights.
+    """
+    if how == "none":
+        return None
+    b = ctx.b
+    t = name if scale == 1.0 else b.op("Mul", name, b.scalar_like(scale, name))
+    if how in ("w", "b"):
+        out = t
+    elif how == "pos":
+        out = b.op("Relu", t)
+    elif how == "neg":
+        out = b.op("Min", t, b.scalar_like(0.0, name))
+    elif how == "square":
+        out = b.op("Mul", t, t)
+    elif how == "ones":
+        out = b.op("ConstantOfShape", b.shape_of(name),
+                   value=helper.make_tensor("value", ctx.g.dtype(name), [1], [1]))
+    elif how in ("gamma_pos", "gamma_neg"):
+        part = b.op("Relu", t) if how == "gamma_pos" else b.op("Min", t, b.scalar_like(0.0, name))
+        out = b.op("Add", t, b.op("Mul", part, b.scalar_like(gamma, name)))
+    else:
+        raise ValueError(how)
+    ctx.g.alias(out, name)
+    return out
+
+
 class _Layer:
     """A linear node seen as ``z = layer(x; W, b)``: its data input, weight and bias positions."""
 
@@ -267,18 +297,10 @@ class _Layer:
         if key in self._cache:
             return self._cache[key]
         alpha, beta = self._scales()
-        scaled = (alpha, beta) != (1.0, 1.0)
-        w = ctx.const(self.node.input[self.weight])
-        if w_how == "w" and not scaled:
-            wm = self.node.input[self.weight]
-        else:  # modifiers act on the layer's actual matrix alpha * B
-            wm = ctx.b.const(_modify(w.astype(np.float64) * alpha, w_how, gamma).astype(w.dtype))
+        wm = _modify_op(ctx, self.node.input[self.weight], w_how, gamma, alpha)
         bm = None
         if self.bias is not None:
-            bv = ctx.const(self.node.input[self.bias])
-            mod = _modify(bv.astype(np.float64) * beta, b_how, gamma)
-            if mod is not None:
-                bm = self.node.input[self.bias] if b_how == "b" and not scaled else ctx.b.const(mod.astype(bv.dtype))
+            bm = _modify_op(ctx, self.node.input[self.bias], b_how, gamma, beta)
         self._cache[key] = (wm, bm)
         return wm, bm
 
