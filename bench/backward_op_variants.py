@@ -19,7 +19,6 @@ import sys
 import time
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
@@ -64,16 +63,29 @@ def relu_group(shape):
     g = rng.standard_normal(shape, dtype=np.float32)
     zero = ("zero", np.zeros((), np.float32))
     variants = {
-        "Where(Greater(x, 0), g, 0)  [onnxplain now]": model(
+        "Where(Greater(x, 0), g, 0)  [onnxplain before be73be2]": model(
             [helper.make_node("Greater", ["x", "zero"], ["m"]), helper.make_node("Where", ["m", "g", "zero"], ["d"])],
             [("x", shape), ("g", shape)], ["d"], [zero]),
         "Mul(g, Cast(Greater(x, 0)))": model(
             [helper.make_node("Greater", ["x", "zero"], ["m"]), helper.make_node("Cast", ["m"], ["mf"], to=F),
              helper.make_node("Mul", ["g", "mf"], ["d"])],
             [("x", shape), ("g", shape)], ["d"], [zero]),
-        "Mul(g, Sign(y)), y = Relu(x)": model(
+        "Mul(g, Sign(y)), y = Relu(x)  [onnxplain now]": model(
             [helper.make_node("Sign", ["y"], ["s"]), helper.make_node("Mul", ["g", "s"], ["d"])],
             [("y", shape), ("g", shape)], ["d"]),
+        "Where(Greater(y, 0), g, 0)": model(
+            [helper.make_node("Greater", ["y", "zero"], ["m"]), helper.make_node("Where", ["m", "g", "zero"], ["d"])],
+            [("y", shape), ("g", shape)], ["d"], [zero]),
+        "Mul(g, Cast(Greater(y, 0)))": model(
+            [helper.make_node("Greater", ["y", "zero"], ["m"]), helper.make_node("Cast", ["m"], ["mf"], to=F),
+             helper.make_node("Mul", ["g", "mf"], ["d"])],
+            [("y", shape), ("g", shape)], ["d"], [zero]),
+        "Mul(g, Ceil(Min(y, 1)))": model(
+            [helper.make_node("Min", ["y", "one"], ["c"]), helper.make_node("Ceil", ["c"], ["m"]),
+             helper.make_node("Mul", ["g", "m"], ["d"])],
+            [("y", shape), ("g", shape)], ["d"], [("one", np.ones((), np.float32))]),
+        "Mul(g, y) (one-op floor: not a ReLU backward, cost only)": model(
+            [helper.make_node("Mul", ["g", "y"], ["d"])], [("y", shape), ("g", shape)], ["d"]),
     }
     feeds = {"x": x, "g": g, "y": y}
     return variants, feeds
@@ -95,7 +107,7 @@ def conv_group(n, c, k, hw, kernel, stride):
         "forward Conv x -> y (reference cost)": model(
             [helper.make_node("Conv", ["x", "w"], ["d"], strides=[stride, stride], pads=[pad] * 4)],
             [("x", [n, c, hw, hw])], ["d"], [("w", w)]),
-        "ConvTranspose(g, W)  [onnxplain now]": model(
+        "ConvTranspose(g, W)  [onnxplain: stride > 1; before: all]": model(
             [helper.make_node("ConvTranspose", ["g", "w"], ["d"], **ct_attrs)],
             [("g", gshape)], ["d"], [("w", w)]),
     }
@@ -104,7 +116,7 @@ def conv_group(n, c, k, hw, kernel, stride):
         variants["Conv(g, flip(W^T)) stored weight"] = model(
             [helper.make_node("Conv", ["g", "wt"], ["d"], pads=[kernel - 1 - pad] * 4)],
             [("g", gshape)], ["d"], [("wt", wt)])
-        variants["Conv(g, Slice(Transpose(W))) in-graph, same initializer"] = model(
+        variants["Conv(g, Slice(Transpose(W))) in-graph, same initializer  [onnxplain now, stride 1]"] = model(
             [helper.make_node("Transpose", ["w"], ["wT"], perm=[1, 0, 2, 3]),
              helper.make_node("Slice", ["wT", "st", "en", "ax", "sp"], ["wt"]),
              helper.make_node("Conv", ["g", "wt"], ["d"], pads=[kernel - 1 - pad] * 4)],
@@ -114,17 +126,53 @@ def conv_group(n, c, k, hw, kernel, stride):
     return variants, {"g": g, "x": x}
 
 
-def maxpool_group(shape):
+def maxpool_group(shape, kernel, stride, pad):
     rng = np.random.default_rng(2)
     x = np.maximum(rng.standard_normal(shape, dtype=np.float32), 0)
-    attrs = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    attrs = dict(kernel_shape=[kernel] * 2, strides=[stride] * 2, pads=[pad] * 4)
     variants = {
-        "MaxPool -> Y": model([helper.make_node("MaxPool", ["x"], ["d"], **attrs)], [("x", shape)], ["d"]),
-        "MaxPool -> Y, Indices  [onnxplain now]": model(
+        "forward MaxPool -> Y": model([helper.make_node("MaxPool", ["x"], ["d"], **attrs)], [("x", shape)], ["d"]),
+        "forward MaxPool -> Y, Indices  [onnxplain now]": model(
             [helper.make_node("MaxPool", ["x"], ["d", "i"], **attrs),
              helper.make_node("Cast", ["i"], ["fi"], to=F)], [("x", shape)], ["d", "fi"]),
     }
     return variants, {"x": x}
+
+
+def maxpool_backward_group(shape, kernel, stride, pad):
+    """Backward given the forward indices: ScatterElements (now) vs MaxUnpool (exact when windows do not
+    overlap, kernel == stride) vs the Equal-mask formulation (kernel == stride, no padding; ties aside)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    attrs = dict(kernel_shape=[kernel] * 2, strides=[stride] * 2, pads=[pad] * 4)
+    fwd = model([helper.make_node("MaxPool", ["x"], ["y", "i"], **attrs)], [("x", shape)], ["y"])
+    fwd.graph.output.append(helper.make_tensor_value_info("i", TensorProto.INT64, None))
+    y, idx = session(fwd).run(["y", "i"], {"x": x})
+    g = rng.standard_normal(y.shape, dtype=np.float32)
+    size = np.array([int(np.prod(shape))], np.int64)
+    scatter = model(
+        [helper.make_node("ConstantOfShape", ["size"], ["z"], value=helper.make_tensor("v", F, [1], [0.0])),
+         helper.make_node("Reshape", ["idx", "m1"], ["fi"]), helper.make_node("Reshape", ["g", "m1"], ["fg"]),
+         helper.make_node("ScatterElements", ["z", "fi", "fg"], ["flat"], axis=0, reduction="add"),
+         helper.make_node("Reshape", ["flat", "shape"], ["d"])],
+        [("g", list(y.shape))], ["d"],
+        [("size", size), ("m1", np.array([-1], np.int64)), ("shape", np.array(shape, np.int64))])
+    scatter.graph.input.append(helper.make_tensor_value_info("idx", TensorProto.INT64, list(y.shape)))
+    variants = {"ScatterElements(zeros, I, g, add)  [onnxplain now]": scatter}
+    if kernel == stride:
+        unpool = model([helper.make_node("MaxUnpool", ["g", "idx"], ["d"], kernel_shape=[kernel] * 2,
+                                         strides=[stride] * 2)], [("g", list(y.shape))], ["d"])
+        unpool.graph.input.append(helper.make_tensor_value_info("idx", TensorProto.INT64, list(y.shape)))
+        variants["MaxUnpool(g, I)"] = unpool
+        if pad == 0:
+            variants["Mul(Upsample(g), Equal(x, Upsample(y)))"] = model(
+                [helper.make_node("Resize", ["g", "", "sc"], ["gu"], mode="nearest"),
+                 helper.make_node("Resize", ["y", "", "sc"], ["yu"], mode="nearest"),
+                 helper.make_node("Equal", ["x", "yu"], ["m"]), helper.make_node("Cast", ["m"], ["mf"], to=F),
+                 helper.make_node("Mul", ["gu", "mf"], ["d"])],
+                [("g", list(y.shape)), ("x", shape), ("y", list(y.shape))], ["d"],
+                [("sc", np.array([1, 1, stride, stride], np.float32))])
+    return variants, {"g": g, "idx": idx, "x": x, "y": y}
 
 
 def run_group(name, variants, feeds):
@@ -153,7 +201,11 @@ def main() -> int:
                                         (8, 64, 128, 56, 3, 2)):
         rows += run_group(f"Conv data-gradient N{n} C{c}->K{k} {hw}x{hw} k{kernel} s{stride}",
                           *conv_group(n, c, k, hw, kernel, stride))
-    rows += run_group("MaxPool 3x3/2 [8, 64, 112, 112]", *maxpool_group([8, 64, 112, 112]))
+    rows += run_group("MaxPool 3x3/2 pad 1 [8, 64, 112, 112] (ResNet)", *maxpool_group([8, 64, 112, 112], 3, 2, 1))
+    rows += run_group("MaxPool 2x2/2 [8, 64, 224, 224] (VGG)", *maxpool_group([8, 64, 224, 224], 2, 2, 0))
+    rows += run_group("MaxPool backward 3x3/2 pad 1 [8, 64, 112, 112]",
+                      *maxpool_backward_group([8, 64, 112, 112], 3, 2, 1))
+    rows += run_group("MaxPool backward 2x2/2 [8, 64, 224, 224]", *maxpool_backward_group([8, 64, 224, 224], 2, 2, 0))
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "backward_op_variants.json"), "w") as fh:
         json.dump({"onnxruntime": ort.__version__, "threads": THREADS, "runs": RUNS, "rows": rows}, fh, indent=1)

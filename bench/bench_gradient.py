@@ -129,7 +129,8 @@ def child_pair(spec: dict) -> dict:
     Load that comes and goes (other processes on the machine) then hits both alike. For every
     run it also records this process's CPU time / (wall time x threads) ("own CPU share"): well
     below 1 means the run waited for a CPU that something else was using. ``machine_busy`` is the
-    fraction of all CPUs busy during the timed loop (this process included).
+    fraction of all CPUs busy during the timed loop (this process included), ``others_busy`` the
+    fraction used by other processes.
     """
     x = make_input(spec["batch"])
     sessions = {"forward": common.ort_session(spec["forward"], spec["threads"]),
@@ -140,6 +141,7 @@ def child_pair(spec: dict) -> dict:
     times = {k: [] for k in sessions}
     share = {k: [] for k in sessions}
     b0, t0all = _cpu_busy()
+    own0 = time.process_time()
     for _ in range(spec["runs"]):
         for k, sess in sessions.items():
             c0, t0 = time.process_time(), time.perf_counter()
@@ -148,9 +150,11 @@ def child_pair(spec: dict) -> dict:
             times[k].append(wall)
             share[k].append((time.process_time() - c0) / (wall * spec["threads"]))
     b1, t1all = _cpu_busy()
+    own = (time.process_time() - own0) * os.sysconf("SC_CLK_TCK")  # this process, in jiffies
     res = {k: {"times_s": v, "median_s": statistics.median(v), "min_s": min(v),
                "own_cpu_share": statistics.median(share[k])} for k, v in times.items()}
     res["machine_busy"] = (b1 - b0) / max(t1all - t0all, 1)
+    res["others_busy"] = max(0.0, b1 - b0 - own) / max(t1all - t0all, 1)
     res["loadavg"] = os.getloadavg()
     return res
 
@@ -424,8 +428,8 @@ def markdown(data: dict) -> str:
         pr = r.get("pair", {})
         raw = [f"- {r['arch']}: interleaved forward runs (s) "
                f"{[round(v, 3) for v in pr.get('forward', {}).get('times_s', [])]}, gradient runs (s) "
-               f"{[round(v, 3) for v in pr.get('gradient', {}).get('times_s', [])]}, machine busy "
-               f"{fmt(pr.get('machine_busy'), '.2f')}, load average before the timings "
+               f"{[round(v, 3) for v in pr.get('gradient', {}).get('times_s', [])]}, CPUs used by other "
+               f"processes during them {fmt(pr.get('others_busy'), '.2f')}, load average before the timings "
                f"{r.get('idle_wait', {}).get('loadavg')} (waited {r.get('idle_wait', {}).get('waited_s')} s); "
                f"separate-process medians (memory runs): forward {fmt(r.get('forward', {}).get('median_s'))} s, "
                f"gradient {fmt(r.get('gradient', {}).get('median_s'))} s (ratio {fmt(r.get('ratio_separate'), '.2f')}); "
@@ -508,7 +512,7 @@ def main(argv=None) -> int:
     os.makedirs(workdir, exist_ok=True)
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     meta = {"git": git_state(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs".strip(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
             "onnxplain": getattr(onnxplain, "__version__", "?"), "batch": args.batch, "threads": args.threads,
             "runs": args.runs, "profile_runs": args.profile_runs, "compile_repeats": args.compile_repeats}

@@ -153,6 +153,34 @@ def child_zennit(spec: dict) -> dict:
             "ru_maxrss_mib": rusage_mib(), "finite": bool(torch.isfinite(rel).all())}
 
 
+def child_pair(spec: dict) -> dict:
+    """Forward and compiled model in one process, runs interleaved (robust ratio under fluctuating load)."""
+    x = bg.make_input(spec["batch"])
+    fwd = common.ort_session(spec["forward"], spec["threads"])
+    exp = common.ort_session(spec["model"], spec["threads"])
+    feeds = {fwd.get_inputs()[0].name: x}
+    fwd.run(None, feeds)
+    exp.run(None, feeds)
+    tf, te = [], []
+    for _ in range(spec["runs"]):
+        t0 = time.perf_counter()
+        fwd.run(None, feeds)
+        tf.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        exp.run(None, feeds)
+        te.append(time.perf_counter() - t0)
+    return {"forward_times_s": tf, "times_s": te, "forward_median_s": statistics.median(tf),
+            "median_s": statistics.median(te), "ratio": statistics.median(te) / statistics.median(tf)}
+
+
+def wait_idle(max_wait: float, threshold: float) -> dict:
+    """Wait (at most ``max_wait`` s) until the 1-minute load average drops below ``threshold``."""
+    t0 = time.perf_counter()
+    while os.getloadavg()[0] >= threshold and time.perf_counter() - t0 < max_wait:
+        time.sleep(10)
+    return {"waited_s": round(time.perf_counter() - t0), "loadavg": list(os.getloadavg())}
+
+
 def child_baseline(spec: dict) -> dict:
     res = bg.child_baseline(spec)
     res["ru_maxrss_mib"] = rusage_mib()
@@ -160,12 +188,55 @@ def child_baseline(spec: dict) -> dict:
 
 
 CHILDREN = {"prepare": child_prepare, "compile": child_compile, "ort": child_ort, "zennit": child_zennit,
-            "profile": bg.child_profile, "baseline": child_baseline}
+            "profile": bg.child_profile, "baseline": child_baseline,
+            "pair": child_pair}
+
+
+def cpu_busy_s() -> float:
+    """CPU seconds spent busy (all CPUs, all processes) since boot, from /proc/stat."""
+    with open("/proc/stat") as fh:
+        v = [int(x) for x in fh.readline().split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(max_wait: float, window: float = 3.0, max_busy: float = 0.1) -> float:
+    """Wait (at most ``max_wait`` s) until the whole machine is at most ``max_busy`` busy over ``window`` s."""
+    t0 = time.perf_counter()
+    while True:
+        b0 = cpu_busy_s()
+        time.sleep(window)
+        frac = (cpu_busy_s() - b0) / (window * os.cpu_count())
+        if frac <= max_busy or time.perf_counter() - t0 > max_wait:
+            return frac
+
+
+QUIET = {"max_wait": 0.0, "attempts": 1, "max_foreign": 0.1}  # set from the command line
 
 
 def run_child(spec: dict, timeout: float = 3600) -> dict:
-    """Run one measurement in a fresh interpreter; its JSON plus the load averages before and after."""
+    """Run one measurement in a fresh interpreter, on a quiet machine.
+
+    Before the child, wait until the machine is idle (``--quiet-wait``); during it, compare the CPU time
+    the whole machine spent with the child's own: ``foreign_cpu_frac`` is the share of all CPUs used by
+    other processes while it ran. A timing child with more than ``--max-foreign`` is repeated (up to
+    ``--attempts`` times); every attempt's figure is kept.
+    """
+    tries = []
+    for _ in range(max(1, QUIET["attempts"] if spec["mode"] in ("ort", "pair", "zennit", "compile") else 1)):
+        idle = wait_quiet(QUIET["max_wait"]) if QUIET["max_wait"] > 0 else None
+        res = _run_child_once(spec, timeout)
+        res["idle_before"] = idle
+        tries.append(res.get("foreign_cpu_frac"))
+        if res.get("error") or (res.get("foreign_cpu_frac") or 0) <= QUIET["max_foreign"]:
+            break
+    res["foreign_cpu_frac_attempts"] = tries
+    return res
+
+
+def _run_child_once(spec: dict, timeout: float) -> dict:
     load0 = os.getloadavg()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0, wall0 = cpu_busy_s(), time.perf_counter()
     cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -177,6 +248,10 @@ def run_child(spec: dict, timeout: float = 3600) -> dict:
     else:
         res = json.loads(lines[-1])
     res["load_before"], res["load_after"] = list(load0), list(os.getloadavg())
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    wall = time.perf_counter() - wall0
+    res["foreign_cpu_frac"] = max(0.0, (cpu_busy_s() - busy0 - own) / (wall * os.cpu_count()))
     return res
 
 
@@ -187,13 +262,15 @@ def run_child(spec: dict, timeout: float = 3600) -> dict:
 def bench_arch(arch: str, args, workdir: str) -> dict:
     print(f"=== {arch}: export", flush=True)
     info = run_child({"mode": "prepare", "arch": arch, "workdir": workdir, "threads": args.threads})
-    res = {"arch": arch, "prepare": {k: v for k, v in info.items() if k not in ("path", "state")}}
+    res = {"arch": arch, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+           "prepare": {k: v for k, v in info.items() if k not in ("path", "state")}}
     if "error" in info:
         print(info["error"], file=sys.stderr)
         return res
     ort_spec = {"batch": args.batch, "threads": args.threads, "runs": args.runs}
     res["original_bytes"] = common.file_bytes(info["path"])
-    print(f"=== {arch}: forward", flush=True)
+    res["idle_wait"] = wait_idle(args.wait_idle, args.idle_load)
+    print(f"=== {arch}: forward (load {res['idle_wait']['loadavg'][0]:.2f})", flush=True)
     res["forward"] = run_child({"mode": "ort", "model": info["path"], **ort_spec})
     for method in METHODS:
         out = os.path.join(workdir, f"{arch}_{method}.onnx")
@@ -207,6 +284,7 @@ def bench_arch(arch: str, args, workdir: str) -> dict:
         m["compiled_bytes"] = common.file_bytes(out)
         print(f"=== {arch}: {method} run", flush=True)
         m["onnxplain"] = run_child({"mode": "ort", "model": out, **ort_spec})
+        m["pair"] = run_child({"mode": "pair", "forward": info["path"], "model": out, **ort_spec})
         print(f"=== {arch}: {method} zennit", flush=True)
         m["zennit"] = run_child({"mode": "zennit", "arch": arch, "state": info["state"], "composite": ZENNIT[method],
                                  "batch": args.batch, "threads": args.threads, "runs": args.zennit_runs})
@@ -260,13 +338,16 @@ def markdown(data: dict) -> str:
         "",
         f"Load average (1/5/15 min) at the start: {fmt_load(meta.get('load_start'))}; at the end: "
         f"{fmt_load(meta.get('load_end'))}; highest 1-min load seen before/after a measurement: "
-        f"{meta.get('load_max_1min', float('nan')):.2f}.",
+        f"{meta.get('load_max_1min', float('nan')):.2f}. Every measurement waited for a machine at most 10% busy "
+        "(3-s window of /proc/stat) and was repeated (up to 3 attempts) when other processes used more than "
+        f"{meta.get('max_foreign', 0.1):.0%} of the CPUs while it ran (share per attempt in the raw timings).",
         "",
-        "| model | method | ORT forward s | onnxplain s | onnxplain / forward (target ≤ 3.5) | Zennit s "
+        "| model | method | ORT forward s | onnxplain s | onnxplain / forward (target ≤ 3.5) "
+        "| interleaved: forward s, onnxplain s, ratio | Zennit s "
         "| Zennit / onnxplain (target ≥ 3 eps-z+-flat, ≥ 6 eps-γ-box) | compile s | compiled MB (original) "
         "| peak RSS forward MiB | peak RSS onnxplain MiB | memory / forward (target ≤ 3) | peak RSS Zennit MiB "
         "| peak RSS compile MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         f = r.get("forward", {})
@@ -275,7 +356,9 @@ def markdown(data: dict) -> str:
             c, o, z = m.get("compile", {}), m.get("onnxplain", {}), m.get("zennit", {})
             out.append(
                 f"| {r['arch']} | {method} | {fmt(f.get('median_s'))} | {fmt(o.get('median_s'))} "
-                f"| {verdict(m.get('ratio_vs_forward'), TARGETS['ratio_vs_forward'])} | {fmt(z.get('median_s'))} "
+                f"| {verdict(m.get('ratio_vs_forward'), TARGETS['ratio_vs_forward'])} "
+                f"| {fmt(m.get('pair', {}).get('forward_median_s'))}, {fmt(m.get('pair', {}).get('median_s'))}, "
+                f"{fmt(m.get('pair', {}).get('ratio'), '.2f')} | {fmt(z.get('median_s'))} "
                 f"| {verdict(m.get('zennit_speedup'), TARGETS['zennit_speedup'][method], True)} "
                 f"| {fmt(c.get('median_s'), '.2f')} "
                 f"| {fmt(m.get('compiled_bytes', 0) / 1e6, '.0f')} ({fmt(r.get('original_bytes', 0) / 1e6, '.0f')}) "
@@ -289,17 +372,22 @@ def markdown(data: dict) -> str:
             "Raw timings (s):", ""]
     for r in rows:
         f = r.get("forward", {})
-        out.append(f"- {r['arch']} forward: {[round(v, 3) for v in f.get('times_s', [])]}"
-                   f" (load before/after {fmt_load(f.get('load_before'))} / {fmt_load(f.get('load_after'))})")
+        iw = r.get("idle_wait", {})
+        out.append(f"- {r['arch']} (measured from {r.get('date', '?')}; waited {iw.get('waited_s', '–')} s for "
+                   f"idle, load then {fmt_load(iw.get('loadavg'))}) forward: "
+                   f"{[round(v, 3) for v in f.get('times_s', [])]}"
+                   f" (load before/after {fmt_load(f.get('load_before'))} / {fmt_load(f.get('load_after'))}; other "
+                   f"processes' CPU share per attempt {fmt_frac(f)})")
         for method in METHODS:
             m = r.get(method, {})
-            for key in ("onnxplain", "zennit", "compile"):
+            for key in ("onnxplain", "pair", "zennit", "compile"):
                 d = m.get(key, {})
                 if d.get("error"):
                     out.append(f"  - {method} {key} ERROR: `{d['error'][-400:]}`")
                 elif d:
                     out.append(f"  - {method} {key}: {[round(v, 3) for v in d.get('times_s', [])]} (load "
-                               f"{fmt_load(d.get('load_before'))} / {fmt_load(d.get('load_after'))})")
+                               f"{fmt_load(d.get('load_before'))} / {fmt_load(d.get('load_after'))}; other "
+                               f"processes' CPU share per attempt {fmt_frac(d)})")
     out += ["", "## ONNX Runtime profile of the compiled `lrp.epsilon_plus_flat` models", "",
             f"`SessionOptions.enable_profiling = True`, {meta['profile_runs']} runs after 1 warm-up (not counted). "
             "Kernel time per run summed per op type (ORT names fused kernels by their fused type, e.g. "
@@ -334,6 +422,10 @@ def markdown(data: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def fmt_frac(d: dict) -> str:
+    return ", ".join("–" if v is None else f"{v:.2f}" for v in d.get("foreign_cpu_frac_attempts", [])) or "–"
+
+
 def fmt_load(v) -> str:
     return "–" if not v else "/".join(f"{x:.2f}" for x in v)
 
@@ -359,23 +451,37 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-repeats", type=int, default=3)
     ap.add_argument("--profile-runs", type=int, default=3)
     ap.add_argument("--no-profile", dest="profile", action="store_false")
+    ap.add_argument("--wait-idle", type=float, default=300,
+                    help="before each architecture's timings, wait up to this many seconds for a low load")
+    ap.add_argument("--idle-load", type=float, default=0.6, help="1-minute load average counted as idle")
+    ap.add_argument("--quiet-wait", type=float, default=600,
+                    help="before every measurement, wait up to this many seconds for a machine <= 10%% busy")
+    ap.add_argument("--attempts", type=int, default=3,
+                    help="repeat a timing measurement during which other processes used more than --max-foreign")
+    ap.add_argument("--max-foreign", type=float, default=0.1,
+                    help="largest share of all CPUs that other processes may use during a timing measurement")
     ap.add_argument("--workdir")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--json", default=JSON_PATH)
     ap.add_argument("--md", default=MD_PATH)
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other architectures' results already in --json (rerun one architecture)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         spec = json.loads(args.child)
         print(json.dumps(CHILDREN[spec["mode"]](spec)), flush=True)
         return 0
+    QUIET.update(max_wait=args.quiet_wait, attempts=args.attempts, max_foreign=args.max_foreign)
+    max_foreign = args.max_foreign
     workdir = args.workdir or tempfile.mkdtemp(prefix="onnxplain-bench-lrp-")
     os.makedirs(workdir, exist_ok=True)
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "batch": args.batch, "threads": args.threads,
             "runs": args.runs, "zennit_runs": args.zennit_runs, "profile_runs": args.profile_runs,
-            "compile_repeats": args.compile_repeats, "load_start": list(os.getloadavg())}
+            "compile_repeats": args.compile_repeats, "load_start": list(os.getloadavg()),
+            "max_foreign": max_foreign, "attempts": args.attempts, "quiet_wait": args.quiet_wait}
     meta.update(versions())
     try:
         with open("/proc/cpuinfo") as fh:
@@ -397,9 +503,18 @@ def main(argv=None) -> int:
     meta["baseline_maxrss_mib"] = base.get("maxrss_mib")
     meta["baseline_ru_maxrss_mib"] = base.get("ru_maxrss_mib")
     data = {"meta": meta, "results": []}
+    archs = args.arch or list(DEFAULT_ARCHS)
+    if args.merge and os.path.exists(args.json):
+        with open(args.json) as fh:
+            old = json.load(fh)
+        data["results"] = [r for r in old["results"] if r["arch"] not in archs]
+        meta["merged_from"] = {r["arch"]: old["meta"] for r in data["results"]}
+        meta["commentary"] = old["meta"].get("commentary")
     try:
-        for arch in args.arch or list(DEFAULT_ARCHS):
+        for arch in archs:
             data["results"].append(bench_arch(arch, args, workdir))
+            order = list(DEFAULT_ARCHS) + sorted(common.ARCHS)
+            data["results"].sort(key=lambda r: order.index(r["arch"]))
             loads = [v for r in data["results"] for d in walk(r) for k in ("load_before", "load_after")
                      if isinstance(d, dict) and d.get(k) for v in [d[k][0]]]
             meta["load_max_1min"] = max(loads) if loads else float("nan")

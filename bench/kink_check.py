@@ -59,18 +59,26 @@ def main(argv=None) -> int:
     with torch.no_grad():
         target = model64(x.double()).argmax(1)[args.sample:args.sample + 1]
     xk = (x.double() * args.alpha).float()[args.sample:args.sample + 1]
+    g64 = input_grad(model64, xk.double(), target).numpy()
+    g32 = input_grad(model, xk, target).numpy()
 
     hooks = {"relu64": [], "relu32": [], "pool64": []}
     for mod, key in ((model64, "relu64"), (model, "relu32")):
         for m in mod.modules():
             if isinstance(m, torch.nn.ReLU):
-                m.register_forward_hook(lambda _m, i, _o, key=key: hooks[key].append(i[0].detach().double().numpy()))
+                # pre-hook: torchvision's ReLUs are in-place, a forward hook would see the output
+                m.register_forward_pre_hook(
+                    lambda _m, i, key=key: hooks[key].append(i[0].detach().double().numpy().copy()))
     for m in model64.modules():
         if isinstance(m, torch.nn.MaxPool2d):
             m.register_forward_hook(lambda mm, i, _o: hooks["pool64"].append((mm, i[0].detach().clone())))
     with torch.no_grad():
         model64(xk.double())
         model(xk)
+    for mod in (model, model64):  # the export below runs the model again
+        for m in mod.modules():
+            m._forward_hooks.clear()
+            m._forward_pre_hooks.clear()
 
     with tempfile.TemporaryDirectory(prefix="onnxplain-kink-") as tmp:
         path = os.path.join(tmp, "m.onnx")
@@ -89,8 +97,6 @@ def main(argv=None) -> int:
     names = ["gradient/input"] + [n.output[1] for n in pools if len(n.output) > 1 and n.output[1]]
     names += [n.input[0] for n in relus]
     outs = sess.run(names, {"input": xk.numpy(), "target": target.numpy()})
-    g64 = input_grad(model64, xk.double(), target).numpy()
-    g32 = input_grad(model, xk, target).numpy()
     print(f"{name} sample {args.sample} alpha {args.alpha}: gradient rel err ours "
           f"{common.rel_err_per_sample(outs[0], g64)[0]:.2e}, torch32 {common.rel_err_per_sample(g32, g64)[0]:.2e}")
     n_idx = len(names) - 1 - len(relus)

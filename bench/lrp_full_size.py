@@ -82,6 +82,8 @@ NUM_CLASSES = 1000
 PERTURBATIONS = 3
 PERTURB_REL = 2.0 ** -22
 BOX_LOW, BOX_HIGH = -3.0, 3.0
+LOCALIZE_MAX = 2                 # composites localized per architecture (the worst ratios first)
+LOCALIZE_MAX_PARAMS = 60_000_000  # VGG16 (138M) skipped: every tensor of the graph is fetched
 JSON_PATH = os.path.join(common.RESULTS, "lrp_full_size.json")
 MD_PATH = os.path.join(common.RESULTS, "lrp_full_size.md")
 
@@ -128,6 +130,15 @@ def build(name: str):
 
 def rel_err(a, b) -> list:
     return common.rel_err_per_sample(a, b)
+
+
+def fl(values, spec=".1e") -> str:
+    return ", ".join(format(v, spec) for v in values) if values else "–"
+
+
+def flag(c: dict) -> bool:
+    """Diagnose further: a failure, a ratio above 3 (passing by the 1e-4 floor) or e_ours above 1e-3."""
+    return not c["pass"] or max(c["ratio"]) > 3 or max(c["e_ours"]) > 1e-3
 
 
 # ----------------------------------------------------------------------------
@@ -299,6 +310,142 @@ def flip_diagnosis(probes, ort_vals: dict, c64: list, c32: list) -> dict:
 
 
 # ----------------------------------------------------------------------------
+# The compiled graph in float64 (onnx.reference, Conv/ConvTranspose through torch)
+# ----------------------------------------------------------------------------
+
+def graph_to_double(model):
+    """A copy of ``model`` with float64 Cast targets, tensor attributes and I/O types (initializers are
+    converted by :func:`run_graph64` after loading: a float64 copy of a large model would not fit a proto)."""
+    import onnx
+    from onnx import numpy_helper
+
+    T = onnx.TensorProto
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    for vi in list(g.input) + list(g.output):
+        if vi.type.tensor_type.elem_type == T.FLOAT:
+            vi.type.tensor_type.elem_type = T.DOUBLE
+    del g.value_info[:]
+    for n in g.node:
+        for a in n.attribute:
+            if a.name == "to" and a.i == T.FLOAT:
+                a.i = T.DOUBLE
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == T.FLOAT:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float64), a.t.name))
+    return m
+
+
+def _torch_conv_ops():
+    """onnx.reference kernels for Conv/ConvTranspose backed by torch (float64; the reference ConvTranspose
+    mishandles groups and both are slow), and an OneHot that accepts a one-element ``depth`` tensor."""
+    import torch
+    import torch.nn.functional as F
+    from onnx.reference.op_run import OpRun
+    from onnx.reference.ops import op_one_hot
+
+    def t(a):
+        return torch.from_numpy(np.array(a, copy=True))
+
+    class Conv(OpRun):
+        op_domain = ""
+
+        def _run(self, X, W, B=None, auto_pad=None, dilations=None, group=None, kernel_shape=None, pads=None,
+                 strides=None):
+            assert auto_pad in (None, "NOTSET", b"NOTSET"), auto_pad
+            nd = W.ndim - 2
+            assert nd == 2, "2-D convolutions only"
+            pads = list(pads or [0] * 2 * nd)
+            x = t(X)
+            if pads[:nd] != pads[nd:]:
+                x = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
+                pads = [0] * 2 * nd
+            y = F.conv2d(x, t(W), None if B is None else t(B), tuple(strides or [1] * nd), tuple(pads[:nd]),
+                         tuple(dilations or [1] * nd), group or 1)
+            return (y.numpy(),)
+
+    class ConvTranspose(OpRun):
+        op_domain = ""
+
+        def _run(self, X, W, B=None, auto_pad=None, dilations=None, group=None, kernel_shape=None,
+                 output_padding=None, output_shape=None, pads=None, strides=None):
+            assert auto_pad in (None, "NOTSET", b"NOTSET") and output_shape is None
+            nd = W.ndim - 2
+            assert nd == 2, "2-D convolutions only"
+            pads = list(pads or [0] * 2 * nd)
+            y = F.conv_transpose2d(t(X), t(W), None if B is None else t(B), tuple(strides or [1] * nd), 0,
+                                   tuple(output_padding or [0] * nd), group or 1, tuple(dilations or [1] * nd))
+            h, w = y.shape[2:]
+            return (y[:, :, pads[0]:h - pads[2], pads[1]:w - pads[3]].contiguous().numpy(),)
+
+    if not getattr(op_one_hot, "_onnxplain_bench_patched", False):
+        orig = op_one_hot._one_hot
+
+        def one_hot(indices, depth, axis=-1, dtype=np.float32):
+            return orig(indices, int(np.asarray(depth).reshape(-1)[0]), axis=axis, dtype=dtype)
+
+        op_one_hot._one_hot = one_hot
+        op_one_hot._onnxplain_bench_patched = True
+    return [Conv, ConvTranspose]
+
+
+def run_graph64(model, feeds: dict, outputs: list, compare=None) -> tuple:
+    """Run ``model`` converted to float64 node by node (tensors freed after their last use).
+
+    ``compare`` (optional): name -> float32 array of the same graph's tensors from ONNX Runtime; then also
+    returns, per node in order, (op, name, error of its first output vs ORT, largest error of its inputs).
+    """
+    import torch
+    from onnx.reference import ReferenceEvaluator
+
+    torch.set_num_threads(THREADS)
+    ev = ReferenceEvaluator(graph_to_double(model), new_ops=_torch_conv_ops())
+    last = {}
+    for i, node in enumerate(ev.rt_nodes_):
+        for name in node.input:
+            last[name] = i
+    for k, v in list(ev.rt_inits_.items()):
+        if isinstance(v, np.ndarray) and v.dtype == np.float32:
+            ev.rt_inits_[k] = v.astype(np.float64)
+    results = {"": None, **ev.rt_inits_, **feeds}
+    keep = set(outputs) | set(ev.rt_inits_) | set(feeds)
+    errs, trace = {}, []
+    for i, node in enumerate(ev.rt_nodes_):
+        outs = node.run(*[results[n] for n in node.input])
+        for name, value in zip(node.output, outs):
+            results[name] = value
+        if compare is not None and node.output and node.output[0] in compare:
+            a, b = compare[node.output[0]], results[node.output[0]]
+            nb = np.linalg.norm(b)
+            e = float(np.linalg.norm(a.astype(np.float64) - b) / nb) if nb > 0 else float(np.abs(a).max() > 0)
+            errs[node.output[0]] = e
+            trace.append((node.op_type, node.name, e, max([errs.get(n, 0.0) for n in node.input] + [0.0])))
+        for name in set(node.input):
+            if last.get(name) == i and name not in keep:
+                results.pop(name, None)
+    return [results[n] for n in outputs], trace
+
+
+def localize(model, feeds32: dict, feeds64: dict, top: int = 8) -> list:
+    """Nodes where ORT float32 departs most from the same graph in float64 (error jump vs its inputs)."""
+    import onnx
+
+    names = [o for n in model.graph.node for o in n.output[:1] if o]
+    inferred = onnx.shape_inference.infer_shapes(model)
+    fl = {vi.name for vi in inferred.graph.value_info if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    del inferred
+    probe = with_extra_outputs(model, [n for n in names if n in fl])
+    sess = common.ort_session(probe, THREADS)
+    outs = [o.name for o in sess.get_outputs() if o.type == "tensor(float)"]
+    vals = dict(zip(outs, sess.run(outs, feeds32)))
+    del sess, probe
+    _, trace = run_graph64(model, feeds64, [], compare=vals)
+    jumps = [(e / max(m, 1e-12), op, name, e, m) for op, name, e, m in trace if e > 1e-6 and e > 5 * m]
+    jumps.sort(key=lambda r: -r[3])
+    return [{"op": op, "node": name, "err_vs_f64_graph": e, "inputs_max_err": m} for _, op, name, e, m in jumps[:top]]
+
+
+# ----------------------------------------------------------------------------
 # One architecture (subprocess)
 # ----------------------------------------------------------------------------
 
@@ -392,6 +539,29 @@ def worker(name: str, out_json: str) -> None:
                   f"  {'PASS' if c['pass'] else 'FAIL'}  (zennit {t64:.0f}+{t32:.0f} s)", flush=True)
             save()
 
+        # The same compiled graph in float64: implementation error without float32 arithmetic
+        t0 = time.perf_counter()
+        feeds64 = {"input": x.double().numpy(), "target": target.numpy()}
+        try:
+            outs64 = ["logits"] + [f"{m}/input" for m in COMPOSITES.values()]
+            vals64, _ = run_graph64(compiled, feeds64, outs64)
+            g_logit = vals64[0][np.arange(BATCH), target.numpy()].reshape(-1, 1, 1, 1)
+            rec["graph64_logits_rel_err_vs_torch64"] = rel_err(vals64[0], logits64)
+            for i, (cname, c) in enumerate(rec["composites"].items(), 1):
+                g64 = vals64[i] / g_logit
+                ours = got[f"{c['method']}/input"].astype(np.float64) / logit_ours.reshape(-1, 1, 1, 1)
+                c["e_graph64"] = rel_err(g64, z64s[cname])
+                c["e_ort_vs_graph64"] = rel_err(ours, g64)
+                print(f"[{name}] {cname:24s} graph64 vs zennit64 {fl(c['e_graph64'])}; ORT vs graph64 "
+                      f"{fl(c['e_ort_vs_graph64'])}", flush=True)
+            del vals64
+        except Exception:  # noqa: BLE001 - recorded
+            rec["graph64_error"] = traceback.format_exc()[-3000:]
+            print(rec["graph64_error"], file=sys.stderr, flush=True)
+        rec["graph64_s"] = round(time.perf_counter() - t0, 1)
+        gc.collect()
+        save()
+
         # Branch flips of the forward pass: ORT float32 vs torch float64 (and torch float32)
         t0 = time.perf_counter()
         try:
@@ -424,9 +594,9 @@ def worker(name: str, out_json: str) -> None:
         pg = torch.Generator().manual_seed(ARCHS[name][0] + 99)
         perts = [(x.double() * (1 + PERTURB_REL * torch.randn(x.shape, generator=pg, dtype=torch.float64)))
                  for _ in range(PERTURBATIONS)]
-        for cname, c in rec["composites"].items():
-            if c["pass"]:
-                continue
+        flagged = [cname for cname, c in rec["composites"].items() if flag(c)]
+        for cname in flagged:
+            c = rec["composites"][cname]
             errs = []
             for xp in perts:
                 _, zp = zennit_attr(mzr, family, model, xp.float(), target, cname, torch.float32)
@@ -439,6 +609,23 @@ def worker(name: str, out_json: str) -> None:
             print(f"[{name}] {cname}: e_zennit spread {c['e_zennit_spread']}, e64 perturbed "
                   f"{c['e64_perturbed']}, kink-aware pass {c['pass_kink_aware']}", flush=True)
             save()
+        # Where does ORT's float32 run of the graph depart from the graph in float64? (single-method model;
+        # skipped for models above LOCALIZE_MAX_PARAMS: every tensor of the graph is fetched from ORT)
+        worst = sorted(flagged, key=lambda k: -max(rec["composites"][k]["ratio"]))[:LOCALIZE_MAX]
+        for cname in worst if rec["params"] <= LOCALIZE_MAX_PARAMS else []:
+            c = rec["composites"][cname]
+            try:
+                single = onnxplain.compile(original, [c["method"]], params={
+                    k: v for k, v in COMPILE_PARAMS.items() if k.startswith(c["method"] + ".")})
+                c["localized"] = localize(single, feeds, feeds64)
+                del single
+            except Exception:  # noqa: BLE001 - recorded
+                c["localize_error"] = traceback.format_exc()[-2000:]
+            gc.collect()
+            for row in c.get("localized", [])[:4]:
+                print(f"[{name}] {cname}: ORT departs at {row['op']} {row['node']} ({row['err_vs_f64_graph']:.1e}, "
+                      f"inputs {row['inputs_max_err']:.1e})", flush=True)
+            save()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     save()
@@ -447,10 +634,6 @@ def worker(name: str, out_json: str) -> None:
 # ----------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------
-
-def fl(values, spec=".1e") -> str:
-    return ", ".join(format(v, spec) for v in values) if values else "–"
-
 
 def markdown(records: list, meta: dict) -> str:
     lines = [
@@ -467,19 +650,32 @@ def markdown(records: list, meta: dict) -> str:
         "`e_zennit`: Zennit float32 vs float64; `e_ours`: onnxplain vs Zennit float64 (per sample, relative "
         "L2). Pass: `e_ours <= max(3·e_zennit, 1e-4)` for both samples.",
         "",
-        "| arch | composite | e_zennit | e_ours | ratio | pass | e_zennit spread (perturbed) | e64 perturbed "
-        "| kink-aware pass |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Decomposition: `graph64` is the same compiled graph evaluated in float64 (onnx.reference, Conv and "
+        "ConvTranspose through torch float64; its weights are the exported float32 ones, BatchNorm folded "
+        "by the exporter in float32): `e_graph64` = graph64 vs Zennit float64 (what the compiled rules "
+        "compute, free of float32 arithmetic; bounded below by the float32 storage of the folded weights, "
+        "see the logits column further down), `ORT vs graph64` = the error that ONNX Runtime's float32 "
+        "arithmetic adds on the same graph. For cases flagged for diagnosis (a failure, a ratio above 3, or "
+        f"e_ours above 1e-3), Zennit float32 is rerun on {PERTURBATIONS} inputs perturbed by a relative "
+        f"{PERTURB_REL:.1e} (~2 ulps): `e_zennit spread` is the largest error against the unperturbed float64 "
+        "reference, `e64 perturbed` the distance of Zennit float64 at a perturbed input from Zennit float64 at "
+        "x (how discontinuous / ill-conditioned the map itself is there); kink-aware pass: `e_ours <= "
+        "max(3·spread, 1e-4)`.",
+        "",
+        "| arch | composite | e_zennit | e_ours | ratio | pass | e_graph64 | ORT vs graph64 "
+        "| e_zennit spread (perturbed) | e64 perturbed | kink-aware pass |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         if "composites" not in r:
-            lines.append(f"| {r['arch']} | – | – | – | – | **ERROR** | | | "
+            lines.append(f"| {r['arch']} | – | – | – | – | **ERROR** | | | | | "
                          f"{(r.get('worker_error') or '')[:200]} |")
             continue
         for cname, c in r["composites"].items():
             lines.append(
                 f"| {r['arch']} | {cname} | {fl(c['e_zennit'])} | {fl(c['e_ours'])} | {fl(c['ratio'], '.2f')} "
-                f"| {'PASS' if c['pass'] else '**FAIL**'} | {fl(c.get('e_zennit_spread'))} "
+                f"| {'PASS' if c['pass'] else '**FAIL**'} | {fl(c.get('e_graph64'))} | {fl(c.get('e_ort_vs_graph64'))} "
+                f"| {fl(c.get('e_zennit_spread'))} "
                 f"| {fl(c.get('e64_perturbed'))} "
                 f"| {('PASS' if c['pass_kink_aware'] else '**FAIL**') if 'pass_kink_aware' in c else '–'} |")
     lines += ["", "## Per architecture: forward-pass branch flips and costs", "",
@@ -487,15 +683,17 @@ def markdown(records: list, meta: dict) -> str:
               "float64 (ONNX Runtime's forward inside the compiled model / PyTorch float32 on the canonized "
               "model), per sample. Max-pool flips: windows whose winner differs. Tensors matched by shape "
               "and value (`unmatched` lists probes without a match).", "",
-              "| arch | params | BN | top-2 margin | logits err ORT vs f64 | ReLU units | ReLU flips ORT | ReLU "
-              "flips torch32 | max-pool windows | max-pool flips ORT | max-pool flips torch32 | compile s "
-              "| compiled MB | ORT run s (5 methods) | maps unchanged by probes | unmatched |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| arch | params | BN | top-2 margin | logits err ORT vs f64 | logits err graph64 vs f64 | ReLU units "
+              "| ReLU flips ORT | ReLU flips torch32 | max-pool windows | max-pool flips ORT | max-pool flips torch32 "
+              "| compile s (5 methods) | compiled MB | ORT run s (5 methods, first run) | maps unchanged by probes "
+              "| unmatched |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         f = r.get("flips", {})
         lines.append(
             f"| {r['arch']} | {r.get('params', '–')} | {r.get('batchnorms', '–')} | {fl(r.get('top2_margin'), '.2g')} "
-            f"| {fl(r.get('logits_rel_err_ort_vs_float64'))} | {f.get('relu_units', '–')} "
+            f"| {fl(r.get('logits_rel_err_ort_vs_float64'))} | {fl(r.get('graph64_logits_rel_err_vs_torch64'))} "
+            f"| {f.get('relu_units', '–')} "
             f"| {fl(f.get('relu_flips_ort'), 'd')} | {fl(f.get('relu_flips_torch32'), 'd')} "
             f"| {f.get('maxpool_windows', '–')} | {fl(f.get('maxpool_flips_ort'), 'd')} "
             f"| {fl(f.get('maxpool_flips_torch32'), 'd')} | {r.get('compile_s', '–')} "
@@ -513,6 +711,22 @@ def markdown(records: list, meta: dict) -> str:
                          if "max_abs_preact_at_ort_flip_rel_rms" in row else "")
                 lines.append(f"- {r['arch']} `{row['node']}` ({row['op']}): ORT {row['flips_ort']}, "
                              f"torch32 {row['flips_torch32']}{extra}")
+    loc = [(r, cname, c) for r in records for cname, c in r.get("composites", {}).items()
+           if c.get("localized") or c.get("localize_error")]
+    if loc:
+        lines += ["", "Localization (flagged cases; single-method model, every tensor of ORT's float32 run compared "
+                  "with the graph in float64; nodes where the error jumps to more than 5x that of their inputs, "
+                  "largest first):", ""]
+        for r, cname, c in loc:
+            if c.get("localize_error"):
+                lines.append(f"- {r['arch']} {cname}: error `{c['localize_error'].splitlines()[-1][:200]}`")
+                continue
+            lines.append(f"- {r['arch']} {cname}: " + "; ".join(
+                f"`{row['node']}` ({row['op']}) {row['err_vs_f64_graph']:.1e} (inputs {row['inputs_max_err']:.1e})"
+                for row in c["localized"][:5]))
+    errs = [r for r in records if r.get("graph64_error")]
+    for r in errs:
+        lines.append(f"- {r['arch']}: graph64 error `{r['graph64_error'].splitlines()[-1][:200]}`")
     if meta.get("commentary"):
         lines += ["", "## Reading", "", meta["commentary"]]
     return "\n".join(lines) + "\n"
