@@ -441,6 +441,18 @@ def markdown(data: dict) -> str:
         for key in ("pair", "forward", "gradient", "compile", "torch"):
             if r.get(key, {}).get("error"):
                 out.append(f"  - {key} ERROR: `{r[key]['error'][-500:]}`")
+    others = data.get("other_runs", [])
+    if others:
+        out += ["", "### Repeat runs (same script and machine; other jobs were running during some)", "",
+                "| run | model | forward s | gradient s | ratio | ratio of minima | own CPU share fwd / grad "
+                "| compile s |", "|---|---|---|---|---|---|---|---|"]
+        for o in [{"date": meta["date"], "results": rows}] + others:
+            for r in o["results"]:
+                pf, pg = r.get("pair", {}).get("forward", {}), r.get("pair", {}).get("gradient", {})
+                out.append(f"| {o['date']} | {r['arch']} | {fmt(pf.get('median_s'))} | {fmt(pg.get('median_s'))} "
+                           f"| {fmt(r.get('ratio'), '.2f')} | {fmt(r.get('ratio_min'), '.2f')} "
+                           f"| {fmt(pf.get('own_cpu_share'), '.2f')} / {fmt(pg.get('own_cpu_share'), '.2f')} "
+                           f"| {fmt(r.get('compile', {}).get('median_s'), '.2f')} |")
     out += ["", "## ONNX Runtime profile of the compiled gradient model", "",
             f"`SessionOptions.enable_profiling = True`, {meta['profile_runs']} runs after 1 warm-up (not "
             "counted), same input and threads. Kernel time per run summed per op type (ORT names fused "
@@ -496,11 +508,27 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the ONNX files")
     ap.add_argument("--json", default=JSON_PATH)
     ap.add_argument("--md", default=MD_PATH)
+    ap.add_argument("--from-json", action="store_true", help="only rewrite the Markdown from --json")
+    ap.add_argument("--add-run", action="append", default=[],
+                    help="with --from-json: a JSON of another run of this script to list under 'repeat runs'")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         spec = json.loads(args.child)
         print(json.dumps(CHILDREN[spec["mode"]](spec)), flush=True)
+        return 0
+    if args.from_json:
+        with open(args.json) as fh:
+            data = json.load(fh)
+        for extra in args.add_run:
+            with open(extra) as fh:
+                other = json.load(fh)
+            data.setdefault("other_runs", []).append({"date": other["meta"]["date"], "results": [
+                {k: r.get(k) for k in ("arch", "pair", "ratio", "ratio_min", "compile")} for r in other["results"]]})
+        with open(args.json, "w") as fh:
+            json.dump(data, fh, indent=1)
+        with open(args.md, "w") as fh:
+            fh.write(markdown(data))
         return 0
     import onnx
     import onnxruntime
