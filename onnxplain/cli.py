@@ -59,6 +59,10 @@ def _add_model_options(p: argparse.ArgumentParser, default_method: Optional[str]
                         "<method>/finite [N] (bool)")
 
 
+# Modules that add one sub-command each: ``add_parser(subparsers) -> parser`` and ``run(args) -> int``.
+COMMAND_MODULES = ["explain_cmd"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onnxplain", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -84,8 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="also list nodes off the explained path")
     _add_model_options(p, "gradient")
 
-    from .explain_cmd import add_explain_parser
-    add_explain_parser(sub)
+    import importlib
+
+    for mod_name in COMMAND_MODULES:
+        mod = importlib.import_module(f".{mod_name}", __package__)
+        mod.add_parser(sub).set_defaults(run=mod.run)
     return parser
 
 
@@ -108,6 +115,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _dispatch(args) -> int:
     from . import api
 
+    if getattr(args, "run", None) is not None:
+        return args.run(args)
     if args.command == "methods":
         print(methods_table(markdown=args.markdown))
         return 0
@@ -130,8 +139,7 @@ def _dispatch(args) -> int:
                 print(f"  - {p}", file=sys.stderr)
             return 2
         return 0
-    from .explain_cmd import run_explain
-    return run_explain(args)
+    return args.run(args)
 
 
 def methods_table(markdown: bool = False) -> str:

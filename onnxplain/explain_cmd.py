@@ -19,7 +19,7 @@ DEFAULT_SAMPLES = os.path.join(DATA, "digits_samples.npz")
 DEFAULT_METHODS = ["gradient", "input_t_gradient", "guided_backprop", "integrated_gradients", "smoothgrad"]
 
 
-def add_explain_parser(sub) -> None:
+def add_parser(sub):
     p = sub.add_parser("explain", help="explain inputs with several methods and draw a PNG grid",
                        description="Explain inputs with several methods; write a PNG grid (inputs x methods, "
                                    "with predicted labels and scores) and a text summary. With no arguments: the "
@@ -37,6 +37,7 @@ def add_explain_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="inputs per inference (default 16)")
     from .cli import _add_model_options
     _add_model_options(p, ",".join(DEFAULT_METHODS))
+    return p
 
 
 def load_inputs(path, shape, value_range) -> np.ndarray:
@@ -70,7 +71,7 @@ def _load_image(f, shape, value_range) -> np.ndarray:
     return (lo + arr * (hi - lo)).astype(np.float32)
 
 
-def run_explain(args) -> int:
+def run(args) -> int:
     from .api import Explainer
     from .cli import _params
     from .runtime.visualize import grid, heatmap, input_image

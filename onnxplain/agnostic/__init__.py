@@ -1,0 +1,1 @@
+"""Model-agnostic methods (occlusion, LIME): they only need the model's predictions."""
