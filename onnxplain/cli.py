@@ -31,6 +31,13 @@ def _params(items: Sequence[str], rules: Optional[str] = None) -> dict:
     return out
 
 
+class _PatternsAction(argparse.Action):
+    """``--patterns FILE``: recorded as the method parameter ``patterns=FILE``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, "param", list(getattr(namespace, "param", None) or []) + [f"patterns={values}"])
+
+
 def _add_model_options(p: argparse.ArgumentParser, default_method: Optional[str] = None) -> None:
     p.add_argument("-m", "--method", action="append", dest="methods", metavar="METHOD",
                    help="explanation method (repeatable); see `onnxplain methods`"
@@ -41,6 +48,9 @@ def _add_model_options(p: argparse.ArgumentParser, default_method: Optional[str]
     p.add_argument("--rules", metavar="SPEC",
                    help="rule spec (JSON or YAML file) for method 'lrp': a list of {select: {...}, rule: ...} "
                         "entries, first match wins, optionally on top of a 'base' composite")
+    p.add_argument("--patterns", action=_PatternsAction, metavar="FILE",
+                   help="fitted patterns (.npz from `onnxplain fit-patterns`) for pattern.net and "
+                        "pattern.attribution; the same as --param patterns=FILE")
     p.add_argument("--output", dest="output_name", metavar="NAME",
                    help="the model output to explain (default: the first output)")
     p.add_argument("--input", action="append", dest="inputs", metavar="NAME",
@@ -60,7 +70,7 @@ def _add_model_options(p: argparse.ArgumentParser, default_method: Optional[str]
 
 
 # Modules that add one sub-command each: ``add_parser(subparsers) -> parser`` and ``run(args) -> int``.
-COMMAND_MODULES = ["explain_cmd"]
+COMMAND_MODULES = ["explain_cmd", "patterns_cmd"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,12 +154,13 @@ def _dispatch(args) -> int:
 
 def methods_table(markdown: bool = False) -> str:
     """The method registry as text (or Markdown)."""
+    from .agnostic import AGNOSTIC
     from .rules.methods import METHODS
 
     lines = []
     if markdown:
         lines += ["| method | what it computes | parameters (default) |", "| --- | --- | --- |"]
-    for m in METHODS.values():
+    for m in list(METHODS.values()) + list(AGNOSTIC.values()):  # agnostic: run by Explainer/explain only
         params = ", ".join(f"{p.name}={p.default}" for p in m.params) or "-"
         if markdown:
             lines.append(f"| `{m.name}` | {m.summary} ({m.reference}) | {params} |")

@@ -185,3 +185,12 @@ def _register_lrp() -> None:
 
 
 _register_lrp()
+
+
+def _register_pattern() -> None:
+    from .pattern import pattern_methods
+    for m in pattern_methods():
+        METHODS[m.name] = m
+
+
+_register_pattern()
