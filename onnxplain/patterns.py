@@ -136,11 +136,36 @@ def _layers(g) -> list:
     return layers
 
 
+def _mask_tensor(g, z: str) -> str:
+    """The tensor whose sign gates the neuron: ``z`` after a following bias (Add/Sub of a constant) or
+    inference BatchNormalization, as long as ``z`` feeds nothing else (iNNvestigate's search for the
+    layer's activation)."""
+    consumers = g.consumers()
+    outputs = set(g.output_names())
+    for _ in range(8):
+        users = consumers.get(z, [])
+        if len(users) != 1 or z in outputs:
+            return z
+        n = users[0]
+        if n.op_type == "BatchNormalization" and n.input[0] == z and all(g.is_const(i) for i in n.input[1:5]):
+            z = n.output[0]
+            continue
+        if n.op_type in ("Add", "Sub") and len(n.input) == 2:
+            other = n.input[1] if n.input[0] == z else n.input[0]
+            if n.op_type == "Sub" and n.input[0] != z:
+                return z  # c - z flips the sign
+            if other != z and g.is_const(other) and g.shape(n.output[0]) == g.shape(z):
+                z = n.output[0]
+                continue
+        return z
+    return z
+
+
 def _fit_model(g, layers: list):
     """The canonical model with every layer's input and output as extra graph outputs (Identity copies)."""
     names, outs = {}, []
     for layer in layers:
-        for t in (layer.x, layer.z):
+        for t in (layer.x, layer.mask):
             if t in names:
                 continue
             names[t] = g.fresh(f"onnxplain/fit/{t}")
@@ -249,6 +274,8 @@ def fit_patterns(model, data, *, estimator: str = "relu", batch_size: int = 64, 
     _check_batchnorm(batchnorm, src)
     g = prepare(model, src, batchnorm)
     layers = _layers(g)
+    for layer in layers:
+        layer.mask = _mask_tensor(g, layer.z)
     stats = [_Stats(layer, _conv_geo(g, layer), estimator == "relu") for layer in layers]
     fit_model, names = _fit_model(g, layers)
     sess = make_session(fit_model, providers, threads)
@@ -267,7 +294,7 @@ def fit_patterns(model, data, *, estimator: str = "relu", batch_size: int = 64, 
             break
         out = dict(zip(wanted, sess.run(wanted, feeds)))
         for st in stats:
-            st.update(out[names[st.layer.x]], out[names[st.layer.z]])
+            st.update(out[names[st.layer.x]], out[names[st.layer.mask]])
         seen += n
         if limit is not None and seen >= limit:
             break

@@ -88,6 +88,8 @@ class PatternLayer:
         The node.
     x, z : str
         Its data input and its output (bias included).
+    mask : str
+        The tensor whose sign decides whether a neuron is active (set by the fit).
     weight : str
         The weight initializer's name; ``w`` its value.
     """
@@ -101,6 +103,7 @@ class PatternLayer:
     alpha: float = 1.0
     trans_b: int = 0
     group: int = 1
+    mask: str = ""  # the tensor whose sign gates the neuron (``z``, or ``z`` after a separate bias / BatchNorm)
 
     @property
     def channels(self) -> int:
