@@ -62,10 +62,23 @@ def compile(model, methods: Union[str, Sequence[str], dict] = "gradient", *, out
     """
     merged = dict(params or {})
     merged.update(kwargs)
+    _reject_agnostic(methods)
     if not fold_bn and batchnorm == "fold":
         batchnorm = "pass"
     return compile_graph(model, methods, merged, output, list(inputs) if inputs else None, strip_softmax,
                          batchnorm, health).model
+
+
+def _reject_agnostic(methods) -> None:
+    from .agnostic import AGNOSTIC
+    from .compiler.errors import CompileError, Problem
+
+    names = [methods] if isinstance(methods, str) else list(methods)
+    bad = [m for m in names if m in AGNOSTIC]
+    if bad:
+        raise CompileError([Problem("model", None, None, f"'{m}' is a model-agnostic method: it runs the model "
+                                    "on perturbed inputs and is not compiled into the graph",
+                                    "use onnxplain.Explainer or `onnxplain explain -m " + m + "`") for m in bad])
 
 
 def compile_file(model, out_path, methods="gradient", **kwargs) -> onnx.ModelProto:
@@ -90,6 +103,9 @@ def check(model, methods="gradient", **kwargs) -> tuple:
     return check_model(model, methods, params, **opts)
 
 
+_COMPILE_OPTIONS = ("output", "inputs", "strip_softmax", "batchnorm", "fold_bn", "health")
+
+
 class Explainer:
     """Compile a model once and explain inputs with ONNX Runtime.
 
@@ -98,7 +114,10 @@ class Explainer:
     model : str, os.PathLike, bytes or onnx.ModelProto
         The model to explain.
     methods : str, list of str or dict
-        As in :func:`compile`.
+        As in :func:`compile`, plus the model-agnostic methods (``occlusion``, ``lime``; see
+        :mod:`onnxplain.agnostic`): those are not compiled but run on the original model
+        through ONNX Runtime, on perturbed copies of the input, in memory-bounded batches
+        (parameters ``max_batch``, ``max_bytes``).
     providers : list of str, optional
         ONNX Runtime execution providers (default: CUDA where available, then CPU).
     batch_size : int
@@ -118,13 +137,25 @@ class Explainer:
 
     def __init__(self, model, methods="gradient", *, providers=None, batch_size: int = 16,
                  threads: Optional[int] = None, progress: Optional[bool] = None, **kwargs):
+        from .agnostic import AgnosticEngine, split_request
         from .runtime.session import CompiledRunner
 
-        self.compiled = compile(model, methods, **kwargs)
-        self.runner = CompiledRunner(self.compiled, providers, threads)
+        opts = {k: kwargs.pop(k) for k in _COMPILE_OPTIONS if k in kwargs}
+        params = dict(kwargs.pop("params", None) or {})
+        params.update(kwargs)
+        compiled, cparams, agnostic = split_request(methods, params)
+        self.compiled, self.runner, self.agnostic = None, None, None
+        if compiled or not agnostic:
+            self.compiled = compile(model, compiled, params=cparams, **opts)
+            self.runner = CompiledRunner(self.compiled, providers, threads)
+        if agnostic:
+            self.agnostic = AgnosticEngine(model, agnostic, opts.get("output"), opts.get("inputs"),
+                                           opts.get("strip_softmax", True), providers, threads, progress)
+            self.runner = self.runner or self.agnostic.runner
         self.batch_size = max(1, int(batch_size))
         self.progress = progress
         self.outputs = self.runner.outputs
+        self.order = [methods] if isinstance(methods, str) else list(methods)
 
     def explain(self, x, target=None, *, return_outputs: bool = False) -> dict:
         """Explain ``x``.
@@ -153,6 +184,8 @@ class Explainer:
         if any(len(v) != n for v in inputs.values()):
             raise InputError("all inputs must have the same number of samples")
         tgt = None if target is None else self.runner.check_target(target, n)
+        if self.compiled is None:
+            return self._explain_agnostic(inputs, tgt, return_outputs)
         starts = range(0, n, self.batch_size)
         show = self.progress if self.progress is not None else len(starts) > 1
         pieces = []
@@ -164,9 +197,18 @@ class Explainer:
         for method, per_input in self.outputs.items():
             maps = {inp: joined[name] for inp, name in per_input.items()}
             result[method] = next(iter(maps.values())) if len(maps) == 1 else maps
+        if self.agnostic is not None:
+            result.update(self.agnostic.explain(inputs, tgt))
+            result = {m: result[m] for m in self.order}
         if return_outputs:
             result["outputs"] = {k: v for k, v in joined.items()
                                  if k not in {o for d in self.outputs.values() for o in d.values()}}
+        return result
+
+    def _explain_agnostic(self, inputs: dict, tgt, return_outputs: bool) -> dict:
+        result = self.agnostic.explain(inputs, tgt)
+        if return_outputs:
+            result["outputs"] = self.agnostic.runner.run(inputs)
         return result
 
     def _single_input(self) -> str:
