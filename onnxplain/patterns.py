@@ -26,6 +26,7 @@ Example
 from __future__ import annotations
 
 import itertools
+import os
 from typing import Iterable, Optional, Union
 
 import numpy as np
@@ -327,9 +328,10 @@ def _finish(stats: list, estimator: str, batchnorm: str, seen: int, src: str) ->
                                  "weight": fingerprint(st.layer.w), "neurons": int(len(st.n)),
                                  "without_pattern": dead, "min_active": int(st.n.min()),
                                  "mean_active": float(st.n.mean())}
-    meta = {"format": FORMAT_VERSION, "onnxplain": __version__, "model": str(src), "estimator": estimator,
+    meta = {"format": FORMAT_VERSION, "onnxplain": __version__, "model": os.path.basename(str(src)),
+            "estimator": estimator,
             "batchnorm": batchnorm, "samples": int(seen), "layers": layers}
-    return PatternSet(arrays, meta, source=str(src))
+    return PatternSet(arrays, meta, source=os.path.basename(str(src)))
 
 
 def summary(patterns: PatternSet) -> str:
