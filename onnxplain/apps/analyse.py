@@ -48,7 +48,7 @@ def analyse(model, x: np.ndarray, methods: Sequence[str], *, targets: Optional[S
     dict
         ``predicted`` (class, label, prob, logit), ``rows`` (per explained class: class, label,
         prob, logit, rank by logit, per-method statistics), ``maps`` (method -> ``[K, ...]``, row
-        ``k`` explains ``rows[k]``), ``logits``/``probs`` (``[K_classes]``), ``figure``.
+        ``k`` explains ``rows[k]``), ``logits``/``probs`` (``[K_classes]``), ``figure`` and, when drawn, ``boxes`` (each cell's box).
     """
     info = model if isinstance(model, ModelInfo) else open_model(model, value_range)
     x = _one(np.asarray(x, np.float32), info)
@@ -70,7 +70,7 @@ def analyse(model, x: np.ndarray, methods: Sequence[str], *, targets: Optional[S
                             "logit": float(logits[k0])},
               "rows": rows, "maps": maps, "logits": logits, "probs": probs, "figure": out}
     if out:
-        _draw(info, x[0], result, methods, out, view, cell_size)
+        result["boxes"] = _draw(info, x[0], result, methods, out, view, cell_size)
     return result
 
 

@@ -94,7 +94,7 @@ def compare_methods(model, x: np.ndarray, methods: Sequence[str], *, names: Opti
     dict
         ``model``, ``methods``, ``samples`` (per sample: name, prediction, top-k, explained target
         with its probability and logit, per-method statistics of the map), ``maps`` (method ->
-        array), ``logits`` and ``probs`` (``[N, K]``), ``figure`` (the PNG path or None).
+        array), ``logits`` and ``probs`` (``[N, K]``), ``figure`` (the PNG path or None) and, when drawn, ``boxes`` (each cell's box in the PNG).
     """
     info = model if isinstance(model, ModelInfo) else open_model(model, value_range)
     x = np.asarray(x, np.float32)
@@ -111,7 +111,7 @@ def compare_methods(model, x: np.ndarray, methods: Sequence[str], *, names: Opti
     result = {"model": info.path, "methods": list(methods), "samples": samples, "maps": maps,
               "logits": logits, "probs": probs, "figure": out}
     if out:
-        draw_methods(info, x, maps, samples, methods, out, view, cell_size)
+        result["boxes"] = draw_methods(info, x, maps, samples, methods, out, view, cell_size)
     return result
 
 
@@ -173,7 +173,7 @@ def compare_models(models: Sequence, images, methods: Sequence[str], *, targets=
     Returns
     -------
     dict
-        ``models`` (per model: path and the :func:`compare_methods` result for its inputs), ``figure``.
+        ``models`` (per model: path and the :func:`compare_methods` result for its inputs), ``figure``, ``boxes`` when drawn.
     """
     from ..images import find_images, load_array, load_pixels
 
@@ -204,7 +204,7 @@ def compare_models(models: Sequence, images, methods: Sequence[str], *, targets=
     result = {"models": [{"path": i.path, **r} for i, r in zip(infos, results)], "methods": list(methods),
               "figure": out}
     if out:
-        _draw_models(infos, [i.spec.from_pixels(p) for i, p in zip(infos, per_model)], results, methods, out, view,
+        result["boxes"] = _draw_models(infos, [i.spec.from_pixels(p) for i, p in zip(infos, per_model)], results, methods, out, view,
                      cell_size)
     return result
 

@@ -76,7 +76,7 @@ def sweep(model, x: np.ndarray, *, names: Optional[Sequence[str]] = None, target
     dict
         ``settings`` (per setting: row, caption, method, params, per-sample map statistics),
         ``maps`` (one array per setting, in the same order), ``samples`` (name, target, prob,
-        logit), ``figure``.
+        logit), ``figure``, ``boxes`` when drawn.
     """
     from tqdm.auto import tqdm
 
@@ -101,7 +101,7 @@ def sweep(model, x: np.ndarray, *, names: Optional[Sequence[str]] = None, target
                  "prob": float(probs[i, tgt[i]]), "logit": float(logits[i, tgt[i]])} for i in range(len(x))]
     result = {"model": info.path, "settings": rows, "maps": maps, "samples": samples_, "figure": out}
     if out:
-        _draw(info, x, result, out, cell_size)
+        result["boxes"] = _draw(info, x, result, out, cell_size)
     return result
 
 
