@@ -70,7 +70,8 @@ def _add_model_options(p: argparse.ArgumentParser, default_method: Optional[str]
 
 
 # Modules that add one sub-command each: ``add_parser(subparsers) -> parser`` and ``run(args) -> int``.
-COMMAND_MODULES = ["explain_cmd", "patterns_cmd", "apps.analyse_cmd", "apps.compare_cmd", "apps.sweep_cmd"]
+COMMAND_MODULES = ["explain_cmd", "patterns_cmd", "apps.analyse_cmd", "apps.compare_cmd", "apps.sweep_cmd",
+                   "apps.perturb_cmd", "apps.audit_cmd"]
 
 
 def build_parser() -> argparse.ArgumentParser:
