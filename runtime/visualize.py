@@ -372,6 +372,24 @@ def _fit(draw, text: str, font, width: int) -> str:
     return "\n".join(lines)
 
 
+def _wrap(draw, text: str, font, width: int, max_lines: int = 2) -> str:
+    """``text`` broken after ``_``, ``.``, ``-`` or spaces into at most ``max_lines`` lines of ``width`` pixels."""
+    import re
+
+    parts = [p for p in re.split(r"(?<=[_.\- ])", str(text)) if p]
+    lines, cur = [], ""
+    for part in parts:
+        if cur and _text_size(draw, cur + part, font)[0] > width:
+            lines.append(cur)
+            cur = part
+        else:
+            cur += part
+    lines.append(cur)
+    if len(lines) > max_lines:
+        lines = lines[: max_lines - 1] + ["".join(lines[max_lines - 1:])]
+    return _fit(draw, "\n".join(lines), font, width)
+
+
 def layout_grid(cells: Sequence[Sequence[np.ndarray]], row_titles: Sequence[str] = (),
                 col_titles: Sequence[str] = (), captions: Optional[Sequence[Sequence[str]]] = None,
                 cell: int = 128, title: str = "", pad: int = 4):
@@ -383,7 +401,7 @@ def layout_grid(cells: Sequence[Sequence[np.ndarray]], row_titles: Sequence[str]
         Each image is resized to ``cell x cell`` (nearest neighbour); rows may be ragged.
     row_titles, col_titles : list of str
         Written left of each row and above each column (``\\n`` for several lines; column titles
-        are cut to the cell width).
+        are wrapped after ``_``/``.``/``-``/spaces into two lines and cut to the cell width).
     captions : list of rows of str, optional
         Written under each cell (cut to the cell width).
     cell : int
@@ -404,7 +422,7 @@ def layout_grid(cells: Sequence[Sequence[np.ndarray]], row_titles: Sequence[str]
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line_h = _text_size(probe, "Ag", font)[1] + 2
     n_rows, n_cols = len(cells), max((len(r) for r in cells), default=0)
-    col_texts = [_fit(probe, t, font, cell) for t in col_titles]
+    col_texts = [_wrap(probe, t, font, cell) for t in col_titles]
     left = pad + max((_text_size(probe, str(t), font)[0] for t in row_titles), default=0) + (pad if row_titles else 0)
     title_h = (_text_size(probe, title, font)[1] + 2 * pad) if title else 0
     col_h = max((_text_size(probe, t, font)[1] for t in col_texts), default=0) + pad if col_titles else 0

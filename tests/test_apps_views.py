@@ -218,3 +218,17 @@ def test_cli_commands_write_figures_and_json(files, tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare-models", files["NCHW"], files["NF"], "-o", str(tmp_path / "x.png")]) == 2
     assert "--data" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("command", ["analyse", "compare-models", "sweep"])
+def test_help_explains_the_options(command, capsys):
+    from onnxplain.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([command, "--help"])
+    text = capsys.readouterr().out
+    assert info.value.code == 0 and "--out" in text and "--range" in text and "--cell" in text
+    if command != "sweep":
+        assert "--method" in text and "--param" in text and "--view" in text
+    else:
+        assert "--references" in text and "--noise" in text and "--postprocess" in text

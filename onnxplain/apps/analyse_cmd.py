@@ -14,7 +14,7 @@ import numpy as np
 from ..compiler.errors import OnnxplainError
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
-DEFAULT_METHODS = ["gradient", "integrated_gradients", "guided_backprop", "lrp.epsilon_plus_flat"]
+DEFAULT_METHODS = ["gradient", "integrated_gradients", "guided_backprop", "lrp.epsilon_plus", "lrp.epsilon_gamma_box"]
 
 
 def add_parser(sub):
