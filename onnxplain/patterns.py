@@ -62,7 +62,7 @@ class _Stats:
         """Add one batch: ``x`` the layer's input, ``z`` its output (bias included)."""
         self.samples += len(x)
         if self.layer.op_type == "Conv":
-            per = int(np.prod(z.shape[2:])) * self.filters.shape[0]
+            per = int(np.prod(z.shape[2:])) * int(np.prod(x.shape[1:2] + self.layer.w.shape[2:]))
             step = max(1, _CHUNK_ELEMENTS // max(per, 1))
             for s in range(0, len(x), step):
                 self._update_conv(x[s:s + step], z[s:s + step])
@@ -90,15 +90,15 @@ class _Stats:
         nd = len(kernel)
         pads = [(0, 0), (0, 0)] + [(geo["pads"][i], geo["pads"][i + nd]) for i in range(nd)]
         xp = np.pad(x.astype(np.float64), pads)
-        out = z.shape[2:]
-        cols = []
-        for off in itertools.product(*[range(k) for k in kernel]):
-            idx = tuple(slice(o * d, o * d + s * (n - 1) + 1, s)
-                        for o, d, s, n in zip(off, geo["dilations"], geo["strides"], out))
-            cols.append(xp[(slice(None), slice(None)) + idx])
-        patches = np.stack(cols, axis=2)  # [N, C_in, prod(kernel), out...]
+        out = tuple(z.shape[2:])
+        offsets = list(itertools.product(*[range(k) for k in kernel]))
         n = len(x)
-        patches = np.moveaxis(patches, (1, 2), (-2, -1)).reshape(n * int(np.prod(out)), -1, len(cols))
+        patches = np.empty((n,) + out + (x.shape[1], len(offsets)))  # [N, out..., C_in, prod(kernel)]
+        for k, off in enumerate(offsets):
+            idx = tuple(slice(o * d, o * d + s * (m - 1) + 1, s)
+                        for o, d, s, m in zip(off, geo["dilations"], geo["strides"], out))
+            patches[..., k] = np.moveaxis(xp[(slice(None), slice(None)) + idx], 1, -1)
+        patches = patches.reshape(n * int(np.prod(out)), x.shape[1], len(offsets))
         zs = np.moveaxis(z, 1, -1).reshape(-1, cout)
         cout_g = cout // layer.group
         for g in range(layer.group):
@@ -340,7 +340,8 @@ def summary(patterns: PatternSet) -> str:
     lines = [f"{len(patterns)} patterns from {meta.get('samples', '?')} samples "
              f"(estimator {meta.get('estimator', '?')}, batchnorm {meta.get('batchnorm', '?')})"]
     for name, info in meta.get("layers", {}).items():
-        note = f", {info['without_pattern']} neuron(s) never active: pattern 0" if info.get("without_pattern") else ""
+        note = (f", {info['without_pattern']} neuron(s) with pattern 0 (never active, or a constant output when "
+                f"active)" if info.get("without_pattern") else "")
         lines.append(f"  {name} ({info['op']}) {info['shape']}: active samples per neuron min "
                      f"{info['min_active']}, mean {info['mean_active']:.0f}{note}")
     return "\n".join(lines)

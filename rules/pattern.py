@@ -323,7 +323,7 @@ class PatternRule(Rule):
         b, w = ctx.b, node.input[1]
         dt = helper.tensor_dtype_to_np_dtype(ctx.g.dtype(w))
         alpha = float(node_attr(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0
-        a = b.const(np.asarray(self.pattern, np.float64).astype(dt))  # the pattern, baked in as an initializer
+        a = _pattern_initializer(ctx, node.name, np.asarray(self.pattern, np.float64).astype(dt))
         if self.attribution:
             scaled = w if alpha == 1.0 else b.op("Mul", w, b.scalar_like(alpha, w))
             a = b.op("Mul", scaled, a)  # W (.) A: folded by ONNX Runtime at session creation
@@ -335,15 +335,27 @@ class PatternRule(Rule):
         return [dx] + [None] * (len(node.input) - 1)
 
 
+def _pattern_initializer(ctx: Ctx, node: str, value: np.ndarray) -> str:
+    """The pattern baked in as an initializer, shared by every method of one compilation."""
+    cache = ctx.g.__dict__.setdefault("_onnxplain_patterns", {})
+    key = (node, value.dtype.str, value.shape, hashlib.sha256(value.tobytes()).hexdigest())
+    if key not in cache:
+        cache[key] = ctx.g.add_initializer(value, f"{node}/pattern")
+    return cache[key]
+
+
 def _make_assign(attribution: bool):
     name = "pattern.attribution" if attribution else "pattern.net"
 
     def make(actx, p):
         src = actx.g.source
         if p.get("patterns") is None:
-            raise CompileError([Problem(src, None, None, f"method '{name}' needs fitted patterns",
-                                        "run `onnxplain fit-patterns MODEL --data DATA -o patterns.npz`, then pass "
-                                        "--patterns patterns.npz (Python: patterns=...)")])
+            near = os.path.splitext(src)[0] + "_patterns.npz"
+            fix = (f"patterns fitted for this model lie beside it: pass --patterns {near} (Python: patterns=...)"
+                   if src.endswith(".onnx") and os.path.isfile(near) else
+                   "run `onnxplain fit-patterns MODEL --data DATA -o patterns.npz`, then pass --patterns "
+                   "patterns.npz (Python: patterns=...)")
+            raise CompileError([Problem(src, None, None, f"method '{name}' needs fitted patterns", fix)])
         layers = validate(p["patterns"], actx.g, actx.linear, src)
         rules = {n: PatternRule(name, attribution, np.asarray(p["patterns"][n])) for n in layers}
 

@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 from onnx import helper
@@ -295,6 +296,11 @@ def test_npz_round_trip_and_cli(tmp_path):
     want = onnxplain.Explainer(model, "pattern.attribution", patterns=direct).explain(xe)["pattern.attribution"]
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     assert main(["check", mpath, "-m", "pattern.net", "--patterns", ppath]) == 0
+    both = onnxplain.compile(model, ["pattern.net", "pattern.attribution"], patterns=ppath)
+    baked = {t.name: onnx.numpy_helper.to_array(t) for t in both.graph.initializer if t.name.endswith("/pattern")}
+    assert sorted(baked) == ["fc0/pattern", "fc1/pattern", "fc2/pattern"]  # once, shared by both methods
+    for k, v in baked.items():
+        np.testing.assert_array_equal(v, direct[k.split("/")[0]])
 
 
 # --------------------------------------------------------------------------- (c) bad input
