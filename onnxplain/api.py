@@ -14,7 +14,7 @@ from .rules.methods import METHODS
 def compile(model, methods: Union[str, Sequence[str], dict] = "gradient", *, output: Optional[str] = None,
             inputs: Optional[Sequence[str]] = None, strip_softmax: bool = True, batchnorm: str = "fold",
             fold_bn: bool = True, health: bool = False, params: Optional[dict] = None,
-            **kwargs) -> onnx.ModelProto:
+            precision: str = "float32", **kwargs) -> onnx.ModelProto:
     """Compile an ONNX model into one whose extra outputs are explanation maps.
 
     Parameters
@@ -45,6 +45,11 @@ def compile(model, methods: Union[str, Sequence[str], dict] = "gradient", *, out
         ``<method>/finite`` [N] (bool: no NaN/Inf in the sample's maps).
     params : dict, optional
         Parameters by name (``"steps"``) or by method (``"integrated_gradients.steps"``).
+    precision : {"float32", "float16"}
+        ``"float16"`` runs the heavy arithmetic (convolutions, matrix products, pooling and the
+        elementwise ops between them) in float16 for GPUs, keeping the inputs and outputs float32
+        and the fragile parts (LRP stabilisers and divisions, softmax, reductions, the noise
+        generator, loop accumulators) float32; see :mod:`onnxplain.compiler.precision`.
     **kwargs
         More parameters, as in ``params``.
 
@@ -65,8 +70,16 @@ def compile(model, methods: Union[str, Sequence[str], dict] = "gradient", *, out
     _reject_agnostic(methods)
     if not fold_bn and batchnorm == "fold":
         batchnorm = "pass"
-    return compile_graph(model, methods, merged, output, list(inputs) if inputs else None, strip_softmax,
-                         batchnorm, health).model
+    if precision not in ("float32", "float16"):
+        from .compiler.errors import CompileError, Problem
+        raise CompileError([Problem("model", None, None, f"unknown precision '{precision}'",
+                                    "use precision='float32' (default) or 'float16'")])
+    compiled = compile_graph(model, methods, merged, output, list(inputs) if inputs else None, strip_softmax,
+                             batchnorm, health).model
+    if precision == "float16":
+        from .compiler.precision import to_float16
+        compiled = to_float16(compiled)
+    return compiled
 
 
 def _reject_agnostic(methods) -> None:
@@ -103,7 +116,7 @@ def check(model, methods="gradient", **kwargs) -> tuple:
     return check_model(model, methods, params, **opts)
 
 
-_COMPILE_OPTIONS = ("output", "inputs", "strip_softmax", "batchnorm", "fold_bn", "health")
+_COMPILE_OPTIONS = ("output", "inputs", "strip_softmax", "batchnorm", "fold_bn", "health", "precision")
 
 
 class Explainer:
@@ -124,6 +137,11 @@ class Explainer:
         Samples per inference; longer inputs run in batches with a progress bar.
     threads : int, optional
         Intra-op threads of the CPU provider.
+    device : str, optional
+        ``"auto"`` (CUDA where ``onnxruntime-gpu`` provides it, else CPU), ``"cpu"``, ``"cuda"`` or
+        ``"cuda:K"``; ignored when ``providers`` is given. Inputs already on the GPU (torch CUDA
+        tensors, CuPy arrays, ``OrtValue``) are bound without copies and the maps stay on the GPU
+        (see docs/cuda.md). ``precision="float16"`` (a :func:`compile` option) suits GPUs.
     **kwargs
         Passed to :func:`compile`.
 
@@ -136,9 +154,13 @@ class Explainer:
     """
 
     def __init__(self, model, methods="gradient", *, providers=None, batch_size: int = 16,
-                 threads: Optional[int] = None, progress: Optional[bool] = None, **kwargs):
+                 threads: Optional[int] = None, progress: Optional[bool] = None, device: Optional[str] = None,
+                 **kwargs):
         from .agnostic import AgnosticEngine, split_request
-        from .runtime.session import CompiledRunner
+        from .runtime.session import CompiledRunner, providers_for
+
+        if providers is None and device is not None:
+            providers = providers_for(device)
 
         opts = {k: kwargs.pop(k) for k in _COMPILE_OPTIONS if k in kwargs}
         params = dict(kwargs.pop("params", None) or {})
@@ -179,20 +201,23 @@ class Explainer:
 
         from .compiler.errors import InputError
 
+        from .runtime.device import concat, is_device_value, sample_count, take
+
         inputs = x if isinstance(x, dict) else {self._single_input(): x}
-        n = len(next(iter(inputs.values())))
-        if any(len(v) != n for v in inputs.values()):
+        n = sample_count(next(iter(inputs.values())))
+        if any(sample_count(v) != n for v in inputs.values()):
             raise InputError("all inputs must have the same number of samples")
-        tgt = None if target is None else self.runner.check_target(target, n)
+        tgt = None if target is None or is_device_value(target) else self.runner.check_target(target, n)
+        tgt = target if tgt is None else tgt
         if self.compiled is None:
             return self._explain_agnostic(inputs, tgt, return_outputs)
         starts = range(0, n, self.batch_size)
         show = self.progress if self.progress is not None else len(starts) > 1
         pieces = []
         for s in tqdm(starts, desc="explaining", unit="batch", disable=not show):
-            part = {k: np.asarray(v)[s:s + self.batch_size] for k, v in inputs.items()}
-            pieces.append(self.runner.run(part, None if tgt is None else tgt[s:s + self.batch_size]))
-        joined = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+            part = {k: take(v, s, s + self.batch_size) for k, v in inputs.items()}
+            pieces.append(self.runner.run(part, None if tgt is None else take(tgt, s, s + self.batch_size)))
+        joined = {k: concat([p[k] for p in pieces]) for k in pieces[0]}
         result = {}
         for method, per_input in self.outputs.items():
             maps = {inp: joined[name] for inp, name in per_input.items()}

@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "'<method>/<input>' per method and explained input.")
     p.add_argument("model", help="the ONNX model (.onnx; external data is read next to it)")
     p.add_argument("-o", "--out", required=True, help="where to write the compiled model (written atomically)")
+    p.add_argument("--float16", action="store_true",
+                   help="compute in float16 (for GPUs): weights and heavy ops float16, inputs/outputs and fragile "
+                        "parts (LRP stabilisers, divisions, softmax, reductions) float32; see docs/cuda.md")
     _add_model_options(p)
 
     p = sub.add_parser("methods", help="list the methods with their parameters")
@@ -135,6 +138,7 @@ def _dispatch(args) -> int:
                 batchnorm="pass" if args.no_fold_bn and args.batchnorm == "fold" else args.batchnorm)
     if args.command == "compile":
         opts["health"] = args.health
+        opts["precision"] = "float16" if args.float16 else "float32"
     if args.command == "compile":
         if not args.methods:
             raise OnnxplainError("give at least one method with -m (see `onnxplain methods`)")

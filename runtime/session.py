@@ -15,16 +15,57 @@ _NP_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(
              "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
-def default_providers() -> list:
-    """CUDA first where ``onnxruntime-gpu`` provides it, then CPU."""
-    import onnxruntime as ort
+def default_providers(available: Optional[Sequence[str]] = None) -> list:
+    """CUDA first where ``onnxruntime-gpu`` provides it, then CPU (always last, as the fallback).
 
-    avail = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
+    Parameters
+    ----------
+    available : list of str, optional
+        The providers to choose from (default: ``onnxruntime.get_available_providers()``).
+    """
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider",) if p in available] + ["CPUExecutionProvider"]
 
 
-def make_session(model, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None):
-    """An ``onnxruntime.InferenceSession`` for a ModelProto, bytes or path."""
+def providers_for(device: Optional[str] = None, available: Optional[Sequence[str]] = None) -> list:
+    """Execution providers for a device name: ``None``/``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:K"``.
+
+    Raises
+    ------
+    InputError
+        For ``"cuda"`` when this onnxruntime has no CUDA provider (install ``onnxruntime-gpu``), or an
+        unknown device name.
+    """
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    dev = (device or "auto").lower()
+    if dev == "auto":
+        return default_providers(available)
+    if dev == "cpu":
+        return ["CPUExecutionProvider"]
+    if dev == "cuda" or dev.startswith("cuda:"):
+        if "CUDAExecutionProvider" not in available:
+            raise InputError(f"device '{device}': this onnxruntime has no CUDAExecutionProvider (available: "
+                             f"{list(available)}); install onnxruntime-gpu (see docs/cuda.md)")
+        index = dev.partition(":")[2] or "0"
+        if not index.isdigit():
+            raise InputError(f"device '{device}': expected cuda or cuda:K with an integer K")
+        return [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
+    raise InputError(f"unknown device '{device}': use 'auto', 'cpu', 'cuda' or 'cuda:K'")
+
+
+def make_session(model, providers: Optional[Sequence] = None, threads: Optional[int] = None):
+    """An ``onnxruntime.InferenceSession`` for a ModelProto, bytes or path.
+
+    ``providers`` are names or ``(name, options)`` pairs, as ONNX Runtime takes them (default:
+    :func:`default_providers`). ``threads`` sets the intra-op threads of the CPU provider (also used
+    by nodes that a GPU provider leaves on the CPU).
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -33,6 +74,14 @@ def make_session(model, providers: Optional[Sequence[str]] = None, threads: Opti
         so.intra_op_num_threads = threads
     data = model.SerializeToString() if hasattr(model, "SerializeToString") else model
     return ort.InferenceSession(data, so, providers=list(providers or default_providers()))
+
+
+def session_device(session) -> tuple:
+    """``("cuda", device_id)`` when the session runs on CUDA, else ``("cpu", 0)``."""
+    if "CUDAExecutionProvider" not in session.get_providers():
+        return "cpu", 0
+    opts = session.get_provider_options().get("CUDAExecutionProvider", {})
+    return "cuda", int(opts.get("device_id", 0) or 0)
 
 
 def check_array(name: str, value, declared, expected_dtype) -> np.ndarray:
@@ -47,19 +96,25 @@ def check_array(name: str, value, declared, expected_dtype) -> np.ndarray:
             arr = arr.astype(expected_dtype)
         else:
             raise InputError(f"input '{name}': expected dtype {np.dtype(expected_dtype)}, got {arr.dtype}")
-    if declared is not None:
-        if arr.ndim != len(declared):
-            raise InputError(f"input '{name}': expected {len(declared)} dimensions {_fmt(declared)}, "
-                             f"got shape {arr.shape}")
-        bad = [i for i, d in enumerate(declared) if isinstance(d, int) and d != arr.shape[i]]
-        if bad:
-            raise InputError(f"input '{name}': expected shape {_fmt(declared)}, got {arr.shape} "
-                             f"(dimension {bad[0]} differs)")
+    check_shape(name, arr.shape, declared)
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         bad_items = sorted(set(np.argwhere(~np.isfinite(arr))[:, 0].tolist())) if arr.ndim else [0]
         raise InputError(f"input '{name}' contains NaN or Inf (samples {bad_items[:10]}); "
                          "explanations of non-finite inputs are meaningless: clean the data first")
     return arr
+
+
+def check_shape(name: str, shape: tuple, declared) -> None:
+    """Raise :class:`InputError` when ``shape`` does not match the declared (partly symbolic) shape."""
+    if declared is None:
+        return
+    if len(shape) != len(declared):
+        raise InputError(f"input '{name}': expected {len(declared)} dimensions {_fmt(declared)}, "
+                         f"got shape {tuple(shape)}")
+    bad = [i for i, d in enumerate(declared) if isinstance(d, int) and d != shape[i]]
+    if bad:
+        raise InputError(f"input '{name}': expected shape {_fmt(declared)}, got {tuple(shape)} "
+                         f"(dimension {bad[0]} differs)")
 
 
 def _fmt(shape) -> str:
@@ -116,7 +171,69 @@ class CompiledRunner:
         return np.ascontiguousarray(t)
 
     def run(self, inputs: dict, target=None) -> dict:
-        """Run once; return every output by name."""
-        feeds = self.feeds(inputs, target)
-        values = self.session.run(None, feeds)
-        return dict(zip(self.output_names, values))
+        """Run once; return every output by name.
+
+        NumPy inputs give NumPy outputs (``InferenceSession.run``; on CUDA, ONNX Runtime copies them).
+        Device-resident inputs (``OrtValue``, PyTorch CUDA tensors, CuPy arrays, anything with
+        ``__cuda_array_interface__``) are bound by pointer (IO binding, no copy) and the outputs stay
+        on that device: ``OrtValue`` for CPU ``OrtValue`` inputs, :class:`~.device.DeviceArray` for
+        GPU inputs, or ``torch.Tensor`` when the inputs were torch tensors. Device inputs are checked
+        for shape and dtype (which must match the model's, no conversion on the device), not for
+        NaN/Inf (that would need a copy to the host).
+        """
+        from . import device
+
+        if not any(device.is_device_value(v) for v in list(inputs.values()) + [target]):
+            feeds = self.feeds(inputs, target)
+            values = self.session.run(None, feeds)
+            return dict(zip(self.output_names, values))
+        feeds, like, where = self.device_feeds(inputs, target)
+        values = device.bind_run(self.session, feeds, where)
+        return dict(zip(self.output_names, device.wrap_outputs(values, like, where)))
+
+    def device_feeds(self, inputs: dict, target) -> tuple:
+        """(feeds for :func:`~.device.bind_run`, the first device input, its device) after checks."""
+        from . import device
+
+        feeds, like, where = {}, None, None
+        for name, meta in self.input_meta.items():
+            if name == self.target_input:
+                continue
+            if name not in inputs:
+                raise InputError(f"missing input '{name}'; the model's inputs are "
+                                 f"{[n for n in self.input_meta if n != self.target_input]}")
+            value = inputs[name]
+            if not device.is_device_value(value):
+                feeds[name] = check_array(name, value, list(meta.shape), _NP_TYPES.get(meta.type))
+                continue
+            bound = device.describe(name, value)
+            shape, dtype = device.value_shape_dtype(bound)
+            want = _NP_TYPES.get(meta.type)
+            if want is not None and dtype != want:
+                raise InputError(f"input '{name}': expected dtype {np.dtype(want)}, got {dtype} (device arrays "
+                                 "are not converted: convert them before the call)")
+            check_shape(name, shape, list(meta.shape))
+            device.synchronize_producer(value)
+            feeds[name] = bound
+            if like is None:
+                like, where = value, device.value_device(bound)
+        extra = set(inputs) - set(self.input_meta)
+        if extra:
+            raise InputError(f"unknown inputs {sorted(extra)}; the model's inputs are {list(self.input_meta)}")
+        n = next(iter(device.value_shape_dtype(v)[0] if not isinstance(v, np.ndarray) else v.shape
+                      for v in feeds.values()))[0]
+        if target is not None:
+            feeds[self.target_input] = self._device_target(target, n)
+        return feeds, like, where or session_device(self.session)
+
+    def _device_target(self, target, n: int):
+        from . import device
+
+        if not device.is_device_value(target):
+            return self.check_target(target, n)
+        bound = device.describe(self.target_input, target)
+        shape, dtype = device.value_shape_dtype(bound)
+        if dtype != np.int64 or tuple(shape) != (n,):
+            raise InputError(f"target on a device must be int64 of shape ({n},), got {dtype} {tuple(shape)}")
+        device.synchronize_producer(target)
+        return bound
