@@ -7,14 +7,13 @@ misprediction can be examined: the row of the true class shows what speaks for i
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 import numpy as np
 
 from ..compiler.errors import InputError
 from ..runtime import visualize as vz
-from .common import ModelInfo, Scorer, cell, map_stats, open_model, short
+from .common import ModelInfo, Scorer, cell, display_name, map_stats, open_model, short
 from .compare import explain_batch
 
 
@@ -96,7 +95,7 @@ def _draw(info: ModelInfo, x, result, methods, out, view, cell_size) -> list:
         titles.append(f"#{r['rank']} class {r['class']}{mark}\n{name}p={r['prob']:.4f}\nlogit={r['logit']:.3f}")
         caps.append([""] + [f"sum={r['stats'][m]['sum']:.3g}" for m in methods])
     p = result["predicted"]
-    title = (f"{info.name} on {short(os.path.basename(result['name']), 30)}: predicted {short(p['label'], 20)} "
+    title = (f"{info.name} on {display_name(result['name'], 30)}: predicted {short(p['label'], 20)} "
              f"(p={p['prob']:.3f})" + (f", true class {true} ({short(info.label(true), 20)})" if true is not None
                                         else "") + "; rows = explained classes")
     return vz.grid(rows, out, titles, ["input"] + list(methods), cell_size, caps, title=title)

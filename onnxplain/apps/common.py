@@ -233,6 +233,14 @@ def parse_range(text: Optional[str]):
     return lo, hi
 
 
+def display_name(name: str, n: int = 20) -> str:
+    """A file or array-row name for a figure: the base name, ``.npz[3]`` shortened to ``[3]``, cut to ``n``."""
+    import re
+
+    base = re.sub(r"\.np[yz](\[\d+\])$", r"\1", os.path.basename(str(name)))
+    return short(base, n)
+
+
 def short(name: str, n: int = 24) -> str:
     """``name`` cut to ``n`` characters."""
     name = str(name)

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..compiler.errors import InputError
 from ..runtime import visualize as vz
-from .common import ModelInfo, Scorer, cell, map_stats, method_params, open_model, short
+from .common import ModelInfo, Scorer, cell, display_name, map_stats, method_params, open_model, short
 
 
 def explain_batch(info: ModelInfo, x: np.ndarray, methods: Sequence[str], targets: Optional[np.ndarray] = None,
@@ -139,9 +139,11 @@ def draw_methods(info: ModelInfo, x, maps, samples, methods, out, view="heatmap"
         xi = info.chw(x[i])
         rows.append([vz.input_image(xi, low, high)]
                     + [cell(m, xi, info.chw(maps[m][i]), low, high, view) for m in methods])
-        titles.append(f"{short(os.path.basename(s['name']), 20)}\n{short(s['label'], 20)}\n"
+        titles.append(f"{display_name(s['name'])}\n{short(s['label'], 20)}\n"
                       f"p={s['prob']:.3f} z={s['logit']:.2f}")
-        expl = "" if s["target"] == s["class"] else f"explained: {short(s['target_label'], 14)}"
+        second = s["top"][1] if len(s["top"]) > 1 else None
+        expl = (f"explained: {short(s['target_label'], 14)}" if s["target"] != s["class"]
+                else f"2nd: {short(second['label'], 12)} {second['prob']:.2f}" if second else "")
         caps.append([expl] + [f"sum={s['stats'][m]['sum']:.3g}" for m in methods])
     return vz.grid(rows, out, titles, ["input"] + list(methods), cell_size, caps,
                    title=f"{info.name}: rows = inputs (predicted class, softmax p, logit z), columns = methods")
@@ -242,7 +244,7 @@ def _draw_models(infos, xs, results, methods, out, view, cell_size) -> list:
             xi = info.chw(x[i])
             rows.append([vz.input_image(xi, low, high)]
                         + [cell(m, xi, info.chw(res["maps"][m][i]), low, high, view) for m in methods])
-            titles.append(f"{short(info.name, 22)}\n{short(os.path.basename(s['name']), 22)}\n"
+            titles.append(f"{short(info.name, 22)}\n{display_name(s['name'], 22)}\n"
                           f"{short(s['label'], 14)} p={s['prob']:.3f}\nz={s['logit']:.2f}")
             caps.append([f"{info.spec.layout} {info.spec.channels}x{info.spec.height}x{info.spec.width}"]
                         + [f"sum={s['stats'][m]['sum']:.3g}" for m in methods])

@@ -15,13 +15,12 @@ compile-time constants of the explanation graph).
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 import numpy as np
 
 from ..runtime import visualize as vz
-from .common import ModelInfo, Scorer, map_stats, method_params, open_model, short
+from .common import ModelInfo, Scorer, display_name, map_stats, method_params, open_model, short
 
 DEFAULT_REFERENCES = ("black", "gray", "white")
 DEFAULT_NOISE = (0.02, 0.1, 0.2, 0.4)
@@ -124,7 +123,7 @@ def _draw(info: ModelInfo, x, result, out, cell_size) -> list:
                 signed = s["method"] == "integrated_gradients" or s["params"].get("postprocess") == "none"
                 pics.append(vz.heatmap(r) if signed else vz.graymap(r, reduce="sum"))
             cells.append([img] + pics)
-            head = f"{short(os.path.basename(smp['name']), 18)}\n{short(smp['label'], 18)} p={smp['prob']:.3f}\n" \
+            head = f"{display_name(smp['name'], 18)}\n{short(smp['label'], 18)} p={smp['prob']:.3f}\n" \
                 if g == 0 else ""
             titles.append(head + row)
             caps.append(["input"] + [s["caption"] for s in members])
