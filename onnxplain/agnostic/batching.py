@@ -17,7 +17,7 @@ from onnx import helper
 from ..compiler.errors import CompileError, InputError, Problem
 from ..runtime.session import _NP_TYPES, check_array, make_session
 
-DEFAULT_MAX_BATCH = 32
+DEFAULT_MAX_BATCH = 8
 DEFAULT_MAX_BYTES = 256 * 2 ** 20
 
 
