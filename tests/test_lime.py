@@ -53,7 +53,7 @@ def test_top_segment_is_the_region_the_model_looks_at(segmentation):
                        samples=300, return_details=True, **params)
     labels = det.segments[0]
     top = int(det.coef.argmax())
-    assert np.all(got[0] == det.coef[det.segments].astype(np.float32))  # the map: each segment's coefficient on its pixels
+    assert np.all(got[0] == det.coef[det.segments].astype(np.float32))  # each segment: its coefficient
     inside = np.zeros(labels.shape, bool)
     inside[BOX[1:]] = True
     assert inside[labels == top].any()  # the top segment overlaps the box

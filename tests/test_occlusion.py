@@ -216,3 +216,22 @@ def test_cli_errors_exit_2_without_output(tmp_path, capsys):
     for extra in (["--param", "patch=16"], ["--param", "occlusion.stride=0"]):
         assert main(["explain", str(src), "--data", str(data), "-m", "occlusion", "-o", str(out)] + extra) == 2
         assert "occlusion" in capsys.readouterr().err and not out.exists()
+
+
+def test_memory_bound_and_second_input_held_fixed(monkeypatch):
+    """max_bytes caps the copies per ONNX Runtime call; a second input is repeated unchanged per copy."""
+    r = rng(8)
+    w, v = r.standard_normal((10, 4)).astype(np.float32), r.standard_normal((10, 3)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["a"], transB=1),
+             helper.make_node("Gemm", ["z", "v"], ["b"], transB=1), helper.make_node("Mul", ["a", "b"], ["y"])]
+    model = make_model(nodes, [("x", ["N", 4]), ("z", ["N", 3])], [("y", ["N", 10])], {"w": w, "v": v})
+    x, z = r.standard_normal((3, 4)).astype(np.float32), r.standard_normal((3, 3)).astype(np.float32)
+    runner = ModelRunner(model)
+    sizes, scores = [], runner.scores
+    monkeypatch.setattr(runner, "scores", lambda feeds: sizes.append(len(feeds["x"])) or scores(feeds))
+    got = occlusion(runner, runner.feeds({"x": x, "z": z}), "x", patch=1, max_batch=100, max_bytes=5 * (16 + 12))
+    assert max(sizes[1:]) == 5 and sum(sizes[1:]) == 3 * 4  # first call: the unperturbed batch
+    b = z.astype(np.float64) @ v.T.astype(np.float64)  # y = (x W^T) * (z V^T): removing x_j drops x_j W[c, j] b_c
+    c = (x @ w.T * (z @ v.T)).argmax(1)
+    want = x * w[c] * b[np.arange(3), c][:, None]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
