@@ -73,6 +73,9 @@ def add_parser(sub):
                         "(default onnxplain-explain.png)")
     p.add_argument("--batch-size", type=int, default=4,
                    help="inputs per inference (default 4; a progress bar shows when there are several batches)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="intra-op threads of ONNX Runtime's CPU provider (default: ONNX Runtime's choice, "
+                        "one per physical core)")
     from .cli import _add_model_options
     _add_model_options(p, "the bundled default's methods")
     return p
@@ -98,7 +101,7 @@ def run(args) -> int:
     x, names = load_inputs(given or inputs, info.spec, warn=_warn)
     if args.limit:
         x, names = x[: args.limit], names[: args.limit]
-    opts = dict(output=args.output_name, strip_softmax=not args.no_strip_softmax,
+    opts = dict(threads=args.threads, output=args.output_name, strip_softmax=not args.no_strip_softmax,
                 batchnorm="pass" if args.no_fold_bn and args.batchnorm == "fold" else args.batchnorm)
     result = compare_methods(info, x, methods, names=names, targets=args.target, params=params, view=args.view,
                              top=args.top, cell_size=args.cell, batch_size=args.batch_size, out=args.out, **opts)

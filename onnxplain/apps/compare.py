@@ -87,7 +87,8 @@ def compare_methods(model, x: np.ndarray, methods: Sequence[str], *, names: Opti
     value_range : (float, float), optional
         The model's input range when it has no preprocess spec.
     **compile_opts
-        Passed to :func:`onnxplain.compile` (``output``, ``strip_softmax``, ``batchnorm``).
+        Passed to :class:`~onnxplain.api.Explainer` (``threads``) and :func:`onnxplain.compile`
+        (``output``, ``strip_softmax``, ``batchnorm``).
 
     Returns
     -------
@@ -248,5 +249,5 @@ def _draw_models(infos, xs, results, methods, out, view, cell_size) -> list:
                           f"{short(s['label'], 14)} p={s['prob']:.3f}\nz={s['logit']:.2f}")
             caps.append([f"{info.spec.layout} {info.spec.channels}x{info.spec.height}x{info.spec.width}"]
                         + [f"sum={s['stats'][m]['sum']:.3g}" for m in methods])
-    return vz.grid(rows, out, titles, ["input (as model sees it)"] + list(methods), cell_size, caps,
+    return vz.grid(rows, out, titles, ["input as read"] + list(methods), cell_size, caps,
                    title="rows = models (prediction, softmax p, logit z), columns = methods")
