@@ -71,8 +71,8 @@ def add_parser(sub):
     p.add_argument("-o", "--out", default="onnxplain-explain.png",
                    help="the PNG grid to write; OUT.txt and OUT.json are written beside it "
                         "(default onnxplain-explain.png)")
-    p.add_argument("--batch-size", type=int, default=4,
-                   help="inputs per inference (default 4; a progress bar shows when there are several batches)")
+    p.add_argument("--batch-size", type=int, default=2,
+                   help="inputs per inference (default 2; a progress bar shows when there are several batches)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="intra-op threads of ONNX Runtime's CPU provider (default: ONNX Runtime's choice, "
                         "one per physical core)")

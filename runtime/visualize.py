@@ -430,7 +430,8 @@ def layout_grid(cells: Sequence[Sequence[np.ndarray]], row_titles: Sequence[str]
     cap_h = n_cap * line_h
     top = pad + title_h + col_h
     row_h = cell + cap_h + pad
-    size = (left + n_cols * (cell + pad) + pad, top + n_rows * row_h)
+    title_w = _text_size(probe, title, font)[0] + 2 * pad if title else 0
+    size = (max(left + n_cols * (cell + pad) + pad, title_w), top + n_rows * row_h)
     canvas = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(canvas)
     if title:
