@@ -1,6 +1,5 @@
 """docs/views.png: every picture of one map (EfficientNet-Lite0, chelsea.jpg). Run from the repository root:
 ``python docs/views_figure.py`` (the PNG is quantized to 256 colours for the repository)."""
-import numpy as np
 from PIL import Image
 from onnxplain.apps.common import open_model
 from onnxplain.apps.compare import explain_batch
