@@ -85,7 +85,8 @@ def test_bad_metadata_and_names_are_reported():
     with pytest.raises(bundled.BundledError):
         bundled.path("../bundled.py")
     with pytest.raises(bundled.BundledError, match="H=224"):
-        bundled.preprocess(np.zeros((100, 100, 3), np.uint8), bundled.preprocess_spec(bundled.path("efficientnet_lite0")))
+        bundled.preprocess(np.zeros((100, 100, 3), np.uint8),
+                           bundled.preprocess_spec(bundled.path("efficientnet_lite0")))
 
 
 # ---------------------------------------------------------------------------- preprocessing
