@@ -6,7 +6,8 @@ source file is read by path from the installed package)::
     python models/make_photos.py
 
 Each photo is a centered square of the source (the largest one, or a fraction of it), resized to
-224 x 224 (bicubic, Pillow) and saved as RGB JPEG, quality 90 (each < 40 KB). Sources and licences: ``models/LICENSES.md``.
+224 x 224 (bicubic, Pillow) and saved as RGB JPEG, quality 90 (each < 40 KB).
+Sources and licences: ``models/LICENSES.md``.
 """
 from __future__ import annotations
 
