@@ -232,3 +232,19 @@ def test_help_explains_the_options(command, capsys):
         assert "--method" in text and "--param" in text and "--view" in text
     else:
         assert "--references" in text and "--noise" in text and "--postprocess" in text
+
+
+def test_first_float_output_is_explained_when_the_first_output_is_a_label(files, tmp_path):
+    """As a scikit-learn classifier exported by skl2onnx: outputs (int64 label, float probabilities)."""
+    m = onnx.load(files["NCHW"])
+    m.graph.node.append(helper.make_node("ArgMax", ["prob"], ["label"], axis=1, keepdims=0, name="argmax"))
+    m.graph.output.insert(0, helper.make_tensor_value_info("label", onnx.TensorProto.INT64, ["N"]))
+    path = str(tmp_path / "labelled.onnx")
+    onnx.save(m, path)
+    x = nchw(files)
+    res = compare_methods(path, x, ["gradient"])
+    logits, probs = direct(files, x)
+    for i, s in enumerate(res["samples"]):
+        assert s["class"] == logits[i].argmax() and s["logit"] == pytest.approx(logits[i].max(), rel=1e-5, abs=1e-5)
+    want = Explainer(files["NCHW"], "gradient").explain(x)["gradient"]
+    assert np.allclose(res["maps"]["gradient"], want, rtol=1e-5, atol=1e-7)

@@ -51,7 +51,7 @@ def analyse(model, x: np.ndarray, methods: Sequence[str], *, targets: Optional[S
     """
     info = model if isinstance(model, ModelInfo) else open_model(model, value_range)
     x = _one(np.asarray(x, np.float32), info)
-    logits, probs = Scorer(info.proto, compile_opts.get("output"))(x)
+    logits, probs = Scorer(info.proto, info.opts(compile_opts)["output"])(x)
     logits, probs = logits[0], probs[0]
     order = np.argsort(-logits, kind="stable")
     rank = {int(c): r for r, c in enumerate(order)}

@@ -39,6 +39,9 @@ class ModelInfo:
         None when the input is no image layout (arrays only).
     labels : list of str
         Class names (``"0"``, ``"1"``, ... when the model has none).
+    output : str or None
+        The explained output when none is given: the first floating-point output (a scikit-learn
+        classifier's first output is its int64 label).
     """
 
     path: str
@@ -47,6 +50,14 @@ class ModelInfo:
     input_shape: list
     spec: Optional[Preprocess]
     labels: list = field(default_factory=list)
+    output: Optional[str] = None
+
+    def opts(self, compile_opts: dict) -> dict:
+        """``compile_opts`` with ``output`` defaulting to :attr:`output`."""
+        out = dict(compile_opts)
+        if not out.get("output"):
+            out["output"] = self.output
+        return out
 
     @property
     def name(self) -> str:
@@ -101,7 +112,9 @@ def open_model(path: str, value_range=None) -> ModelInfo:
         if any(p.key == "onnxplain.preprocess" for p in proto.metadata_props):
             raise
         spec = None
-    return ModelInfo(path, proto, inp.name, shape, spec, read_labels(proto))
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    output = next((o.name for o in proto.graph.output if o.type.tensor_type.elem_type in floats), None)
+    return ModelInfo(path, proto, inp.name, shape, spec, read_labels(proto), output)
 
 
 class Scorer:

@@ -33,7 +33,7 @@ def explain_batch(info: ModelInfo, x: np.ndarray, methods: Sequence[str], target
     from ..api import Explainer
 
     exp = Explainer(info.proto, method_params(methods, info, params), params=params, batch_size=batch_size,
-                    progress=progress, **compile_opts)
+                    progress=progress, **info.opts(compile_opts))
     maps = exp.explain({info.input_name: x}, None if targets is None else np.asarray(targets, np.int64))
     return {m: np.asarray(maps[m]) for m in methods}
 
@@ -100,7 +100,7 @@ def compare_methods(model, x: np.ndarray, methods: Sequence[str], *, names: Opti
     info = model if isinstance(model, ModelInfo) else open_model(model, value_range)
     x = np.asarray(x, np.float32)
     names = list(names) if names is not None else [f"#{i}" for i in range(len(x))]
-    logits, probs, rows = predictions(info, x, top, compile_opts.get("output"))
+    logits, probs, rows = predictions(info, x, top, info.opts(compile_opts)["output"])
     tgt = _targets(targets, logits)
     maps = explain_batch(info, x, methods, tgt, params, batch_size, progress, **compile_opts)
     samples = []

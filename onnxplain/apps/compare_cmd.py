@@ -13,7 +13,7 @@ from ..compiler.errors import OnnxplainError
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 MNIST_MODELS = ["mnist_cnn.onnx", "mnist_mlp_torch.onnx", "mnist_mlp_sklearn.onnx"]
-DEFAULT_METHODS = ["gradient", "input_t_gradient", "integrated_gradients", "lrp.epsilon"]
+DEFAULT_METHODS = ["gradient", "integrated_gradients", "guided_backprop", "lrp.epsilon", "lrp.epsilon_gamma_box"]
 
 
 def add_parser(sub):

@@ -84,14 +84,14 @@ def sweep(model, x: np.ndarray, *, names: Optional[Sequence[str]] = None, target
     info = model if isinstance(model, ModelInfo) else open_model(model, value_range)
     x = np.asarray(x, np.float32)
     names = list(names) if names is not None else [f"#{i}" for i in range(len(x))]
-    logits, probs = Scorer(info.proto, compile_opts.get("output"))(x)
+    logits, probs = Scorer(info.proto, info.opts(compile_opts)["output"])(x)
     tgt = logits.argmax(1) if targets is None else np.broadcast_to(np.asarray(targets, np.int64).reshape(-1), (len(x),))
     rows, maps = [], []
     todo = settings(references, noise_scales, postprocess, steps, samples)
     for row, caption, method, p in tqdm(todo, desc="sweep", unit="setting", disable=not (progress or progress is None
                                                                                           and len(todo) > 4)):
         spec = {method: {**method_params([method], info)[method], **p}}
-        exp = Explainer(info.proto, spec, batch_size=max(1, len(x)), progress=False, **compile_opts)
+        exp = Explainer(info.proto, spec, batch_size=max(1, len(x)), progress=False, **info.opts(compile_opts))
         m = np.asarray(exp.explain({info.input_name: x}, np.asarray(tgt, np.int64))[method])
         maps.append(m)
         rows.append({"row": row, "caption": caption, "method": method, "params": p,
