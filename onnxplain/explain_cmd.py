@@ -108,7 +108,7 @@ def run(args) -> int:
     stem = os.path.splitext(args.out)[0]
     text = summary(result, params)
     save_text(stem + ".txt", text)
-    save_json(stem + ".json", {k: v for k, v in result.items() if k != "maps"})
+    save_json(stem + ".json", {k: v for k, v in result.items() if k not in ("maps", "logits", "probs")})
     print(text)
     return 0
 

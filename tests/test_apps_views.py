@@ -149,7 +149,8 @@ def test_compare_methods_numbers_targets_and_stats(files, tmp_path):
             assert res["samples"][i]["stats"][m]["sum"] == pytest.approx(float(want[m][i].astype(np.float64).sum()),
                                                                           rel=1e-4, abs=1e-6)
     for i in range(3):
-        assert np.array_equal(cell_pixels(out, res["boxes"][i][2]), tile(vz.heatmap(want["integrated_gradients"][i]), 24))
+        cell_ig = cell_pixels(out, res["boxes"][i][2])
+        assert np.array_equal(cell_ig, tile(vz.heatmap(want["integrated_gradients"][i]), 24))
 
 
 def test_compare_models_across_layouts_reads_images_per_spec(files, tmp_path):

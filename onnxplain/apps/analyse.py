@@ -47,7 +47,8 @@ def analyse(model, x: np.ndarray, methods: Sequence[str], *, targets: Optional[S
     dict
         ``predicted`` (class, label, prob, logit), ``rows`` (per explained class: class, label,
         prob, logit, rank by logit, per-method statistics), ``maps`` (method -> ``[K, ...]``, row
-        ``k`` explains ``rows[k]``), ``logits``/``probs`` (``[K_classes]``), ``figure`` and, when drawn, ``boxes`` (each cell's box).
+        ``k`` explains ``rows[k]``), ``logits``/``probs`` (``[K_classes]``), ``figure`` and, when drawn,
+        ``boxes`` (each cell's box).
     """
     info = model if isinstance(model, ModelInfo) else open_model(model, value_range)
     x = _one(np.asarray(x, np.float32), info)
@@ -58,7 +59,8 @@ def analyse(model, x: np.ndarray, methods: Sequence[str], *, targets: Optional[S
     tg = [int(c) for c in order[: min(top, len(order))]] if targets is None else [int(t) for t in targets]
     bad = [t for t in tg if not 0 <= t < len(logits)]
     if bad or not tg:
-        raise InputError(f"targets {bad or tg} out of range: the model has {len(logits)} classes (0..{len(logits) - 1})")
+        raise InputError(f"targets {bad or tg} out of range: the model has {len(logits)} classes "
+                         f"(0..{len(logits) - 1})")
     batch = np.repeat(x, len(tg), 0)
     maps = explain_batch(info, batch, methods, np.array(tg, np.int64), params, batch_size=len(tg), **compile_opts)
     rows = [{"class": t, "label": info.label(t), "prob": float(probs[t]), "logit": float(logits[t]),

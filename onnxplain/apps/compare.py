@@ -95,7 +95,8 @@ def compare_methods(model, x: np.ndarray, methods: Sequence[str], *, names: Opti
     dict
         ``model``, ``methods``, ``samples`` (per sample: name, prediction, top-k, explained target
         with its probability and logit, per-method statistics of the map), ``maps`` (method ->
-        array), ``logits`` and ``probs`` (``[N, K]``), ``figure`` (the PNG path or None) and, when drawn, ``boxes`` (each cell's box in the PNG).
+        array), ``logits`` and ``probs`` (``[N, K]``), ``figure`` (the PNG path or None) and, when
+        drawn, ``boxes`` (each cell's box in the PNG).
     """
     info = model if isinstance(model, ModelInfo) else open_model(model, value_range)
     x = np.asarray(x, np.float32)
@@ -176,7 +177,8 @@ def compare_models(models: Sequence, images, methods: Sequence[str], *, targets=
     Returns
     -------
     dict
-        ``models`` (per model: path and the :func:`compare_methods` result for its inputs), ``figure``, ``boxes`` when drawn.
+        ``models`` (per model: path and the :func:`compare_methods` result for its inputs), ``figure``,
+        ``boxes`` when drawn.
     """
     from ..images import find_images, load_array, load_pixels
 
@@ -207,8 +209,8 @@ def compare_models(models: Sequence, images, methods: Sequence[str], *, targets=
     result = {"models": [{"path": i.path, **r} for i, r in zip(infos, results)], "methods": list(methods),
               "figure": out}
     if out:
-        result["boxes"] = _draw_models(infos, [i.spec.from_pixels(p) for i, p in zip(infos, per_model)], results, methods, out, view,
-                     cell_size)
+        xs = [i.spec.from_pixels(p) for i, p in zip(infos, per_model)]
+        result["boxes"] = _draw_models(infos, xs, results, methods, out, view, cell_size)
     return result
 
 

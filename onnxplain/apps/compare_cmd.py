@@ -66,7 +66,7 @@ def run(args) -> int:
                             out=args.out, view=args.view, value_range=parse_range(args.value_range),
                             cell_size=args.cell, index=index, warn=_warn, **compile_options(args))
     slim = {"methods": result["methods"], "figure": result["figure"],
-            "models": [{k: v for k, v in m.items() if k != "maps"} for m in result["models"]]}
+            "models": [{k: v for k, v in m.items() if k not in ("maps", "logits", "probs")} for m in result["models"]]}
     save_json(os.path.splitext(args.out)[0] + ".json", slim)
     for m in slim["models"]:
         print(m["path"])
