@@ -51,7 +51,7 @@ def add_parser(sub):
                     "With no arguments: the bundled ImageNet model (EfficientNet-Lite0) on the bundled photos "
                     "(or the bundled digits MLP on digits when the ImageNet model is not installed).")
     p.add_argument("model", nargs="?", default=None, help="the ONNX model (default: the bundled model)")
-    p.add_argument("inputs", nargs="*", metavar="INPUT",
+    p.add_argument("files", nargs="*", metavar="INPUT",
                    help="image files, folders of images, or one .npy/.npz array [N, ...] in the model's input "
                         "layout (key 'images', 'x' or the first array); default: the bundled inputs")
     p.add_argument("--data", action="append", default=[], metavar="PATH",
@@ -83,7 +83,7 @@ def add_parser(sub):
 
 def run(args) -> int:
     """Run ``onnxplain explain``; return the exit code."""
-    from .apps.common import open_model, parse_range, save_json, save_text
+    from .apps.common import check_unused, open_model, parse_range, save_json, save_text
     from .apps.compare import compare_methods
     from .cli import _params
     from .images import load_inputs
@@ -92,12 +92,13 @@ def run(args) -> int:
     if args.model:
         model, params = args.model, {}
         methods = list(DIGITS_METHODS)
-    given = list(args.inputs) + list(args.data)
+    given = list(args.files) + list(args.data)
     if args.model and not given:
         raise OnnxplainError("give the inputs to explain (image files, a folder or a .npy/.npz array) after MODEL")
     methods = args.methods or methods
     params = {**(params if not args.methods else {}), **_params(args.param, args.rules)}
     info = open_model(model, parse_range(args.value_range))
+    check_unused(args, [info])
     x, names = load_inputs(given or inputs, info.spec, warn=_warn)
     if args.limit:
         x, names = x[: args.limit], names[: args.limit]

@@ -219,6 +219,14 @@ def test_cli_commands_write_figures_and_json(files, tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare-models", files["NCHW"], files["NF"], "-o", str(tmp_path / "x.png")]) == 2
     assert "--data" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+    assert main(["explain", files["NCHW"], files["images"][0], "--health", "-o", str(tmp_path / "h.png")]) == 2
+    assert "onnxplain compile --health" in capsys.readouterr().err
+    assert main(["analyse", files["NF"], files["images"][0], "--input", "x", "-o", str(tmp_path / "h.png")]) == 2
+    assert "x_in" in capsys.readouterr().err and not (tmp_path / "h.png").exists()
+    out = tmp_path / "e.png"
+    assert main(["explain", files["NF"], files["images"][0], "--input", "x_in", "-m", "gradient", "-o", str(out)]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["samples"][0]["class"] == int(
+        direct(files, nchw(files)[:1])[0].argmax())
 
 
 @pytest.mark.parametrize("command", ["analyse", "compare-models", "sweep"])

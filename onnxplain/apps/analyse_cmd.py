@@ -64,7 +64,7 @@ def run(args) -> int:
     from ..cli import _params
     from ..images import array_labels, load_inputs
     from .analyse import analyse
-    from .common import compile_options, open_model, parse_ints, parse_range, save_json, select
+    from .common import check_unused, compile_options, open_model, parse_ints, parse_range, save_json, select
 
     if args.model and not args.input:
         raise OnnxplainError("give the input to analyse (an image file or a .npy/.npz array) after MODEL")
@@ -77,6 +77,7 @@ def run(args) -> int:
         model, path, index, label = default_input()
         label = label if args.label is None else args.label
     info = open_model(model, parse_range(args.value_range))
+    check_unused(args, [info])
     x, names = load_inputs(path, info.spec, warn=_warn)
     x, names = select(x, names, [index])
     methods = args.methods or DEFAULT_METHODS

@@ -287,6 +287,17 @@ def compile_options(args) -> dict:
                 batchnorm="pass" if args.no_fold_bn and args.batchnorm == "fold" else args.batchnorm)
 
 
+def check_unused(args, infos) -> None:
+    """Options of :func:`onnxplain.cli._add_model_options` that the figures cannot honour: a clear error."""
+    if getattr(args, "health", False):
+        raise InputError("--health adds monitoring outputs to a compiled model: use `onnxplain compile --health`")
+    for name in getattr(args, "inputs", None) or []:
+        bad = [i.path for i in infos if i.input_name != name]
+        if bad:
+            raise InputError(f"--input {name}: the figures explain a model's only input; "
+                             f"{', '.join(bad)} has input '{infos[0].input_name}'")
+
+
 def parse_ints(text: Optional[str], what: str) -> Optional[list]:
     """``"1,2,5"`` -> ``[1, 2, 5]`` (None passes through)."""
     if text is None:

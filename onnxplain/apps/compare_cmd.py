@@ -50,7 +50,7 @@ def default_models() -> list:
 def run(args) -> int:
     """Run ``onnxplain compare-models``; return the exit code."""
     from ..cli import _params
-    from .common import compile_options, parse_ints, parse_range, save_json
+    from .common import check_unused, compile_options, open_model, parse_ints, parse_range, save_json
     from .compare import compare_models
 
     models = args.models or default_models()
@@ -62,6 +62,7 @@ def run(args) -> int:
         data = [test if os.path.exists(test) else os.path.join(DATA, "digits_samples.npz")]
         index = index if index is not None else [0, 1]
     methods = args.methods or DEFAULT_METHODS
+    check_unused(args, [open_model(m) for m in models] if args.inputs else [])
     result = compare_models(models, data, methods, targets=args.target, params=_params(args.param, args.rules),
                             out=args.out, view=args.view, value_range=parse_range(args.value_range),
                             cell_size=args.cell, index=index, warn=_warn, **compile_options(args))
