@@ -100,7 +100,9 @@ def run(args) -> int:
     info = open_model(model, parse_range(args.value_range))
     check_unused(args, [info])
     x, names = load_inputs(given or inputs, info.spec, warn=_warn)
-    if args.limit:
+    if args.limit is not None:
+        if args.limit < 1:
+            raise OnnxplainError(f"--limit must be at least 1, got {args.limit}")
         x, names = x[: args.limit], names[: args.limit]
     opts = dict(threads=args.threads, output=args.output_name, strip_softmax=not args.no_strip_softmax,
                 batchnorm="pass" if args.no_fold_bn and args.batchnorm == "fold" else args.batchnorm)
