@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional
 
 import numpy as np
 from onnx import helper
