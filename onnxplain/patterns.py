@@ -342,7 +342,8 @@ def summary(patterns: PatternSet) -> str:
     for name, info in meta.get("layers", {}).items():
         note = (f", {info['without_pattern']} neuron(s) with pattern 0 (never active, or a constant output when "
                 f"active)" if info.get("without_pattern") else "")
-        lines.append(f"  {name} ({info['op']}) {info['shape']}: active samples per neuron min "
+        unit = "positions per channel" if info["op"] == "Conv" else "samples per neuron"
+        lines.append(f"  {name} ({info['op']}) {info['shape']}: active {unit} min "
                      f"{info['min_active']}, mean {info['mean_active']:.0f}{note}")
     return "\n".join(lines)
 

@@ -294,8 +294,10 @@ def validate(patterns: PatternSet, g, linear: list, source: str) -> dict:
     unknown = sorted(k for k in patterns if k not in nodes or nodes[k].op_type not in PATTERN_OPS + ("ConvTranspose",))
     if unknown:
         shown = ", ".join(unknown[:8]) + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else "")
+        origin = patterns.meta.get("model")
         problems.append(Problem(source, None, None, f"{patterns.source} holds patterns for nodes that are not linear "
-                                f"layers of this model: {shown} (patterns of another model?)", hint))
+                                f"layers of this model: {shown} (patterns of another model?"
+                                + (f" They were fitted for {origin})" if origin else ")"), hint))
     if problems:
         raise CompileError(problems)
     return layers
