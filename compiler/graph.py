@@ -461,7 +461,10 @@ class Builder:
         self.g = graph
         self.nodes = nodes
         self.prefix = prefix
-        self._consts: dict = {}
+        # small constants are shared by every builder of the graph (one initializer per value)
+        if not hasattr(graph, "_small_consts"):
+            graph._small_consts = {}
+        self._consts: dict = graph._small_consts
 
     def scoped(self, prefix: str) -> "Builder":
         b = Builder(self.g, self.nodes, prefix)
@@ -481,7 +484,7 @@ class Builder:
         """An initializer holding ``value`` (small constants are shared)."""
         arr = np.asarray(value, dtype=dtype)
         key = (arr.dtype.str, arr.shape, arr.tobytes()) if arr.size <= 64 else None
-        if key is not None and key in self._consts:
+        if key is not None and key in self._consts and self._consts[key] in self.g.inits:
             return self._consts[key]
         name = self.g.add_initializer(arr, f"{self.prefix}/const")
         if key is not None:

@@ -72,7 +72,7 @@ class GuidedReLU(Rule):
         return op_type == "Relu"
 
     def backward(self, ctx: Ctx, node, gy: list) -> list:
-        return [ctx.b.op("Mul", ctx.b.op("Relu", gy[0]), ctx.b.op("Sign", node.output[0]))]
+        return [ctx.b.op("Mul", ctx.b.op("Relu", gy[0]), ops_elementwise.relu_mask(ctx, node.output[0]))]
 
 
 GRADIENT = Gradient()

@@ -91,9 +91,19 @@ def _unary(fn):
     return adapter
 
 
+def relu_mask(ctx, y: str) -> str:
+    """``[x > 0]`` of a ReLU as a float tensor, from its output ``y = relu(x)`` (``y > 0`` iff ``x > 0``).
+
+    ``Cast(Greater(y, 0))``: in ONNX Runtime (CPU) about 20% cheaper with the ``Mul`` than ``Sign(y)``
+    and 3x cheaper than ``Where`` (``bench/backward_op_variants.py``).
+    """
+    b = ctx.b
+    return b.op("Cast", b.op("Greater", y, b.scalar_like(0.0, y)), to=ctx.g.dtype(y))
+
+
 def _relu(ctx, node, x, y, g):
-    """``dy * [x > 0]``, computed as ``dy * sign(y)`` (``y = relu(x) >= 0``: two fast element-wise ops)."""
-    return ctx.b.op("Mul", g, ctx.b.op("Sign", y))
+    """``dy * [x > 0]``, computed as ``dy * [y > 0]``."""
+    return ctx.b.op("Mul", g, relu_mask(ctx, y))
 
 
 def _leaky(ctx, node, x, y, g):

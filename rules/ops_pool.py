@@ -3,7 +3,7 @@
 * MaxPool: the forward node is asked for its ``Indices`` output (the flat
   position of each window's winner, ties to the first as in PyTorch); the
   gradient is scattered back with ``ScatterElements(reduction='add')``, which is
-  right for overlapping windows too.
+  right for overlapping windows too (``MaxUnpool`` where windows are disjoint).
 * AveragePool: the transpose of "sum over the window, divide by the count" is a
   depthwise ConvTranspose with a kernel of ones applied to ``dy / count``; the
   count map is computed at compile time (``count_include_pad`` honoured).
@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from onnx import helper
 
 from .base import Ctx, Unsupported, node_attr, vjp
@@ -38,13 +39,48 @@ def _flat_size(ctx: Ctx, x: str) -> str:
     return b.op("Reshape", b.op("Size", x), b.ints([1]))
 
 
+def _windows_disjoint(ctx: Ctx, node) -> bool:
+    """Whether no input position lies in two pooling windows (stride >= dilated kernel on every axis)."""
+    kernel = list(node_attr(node, "kernel_shape"))
+    strides = list(node_attr(node, "strides", [1] * len(kernel)))
+    dil = list(node_attr(node, "dilations", [1] * len(kernel)))
+    return all(s >= (k - 1) * d + 1 for k, s, d in zip(kernel, strides, dil))
+
+
+def _unpool_attrs(ctx: Ctx, node):
+    """MaxUnpool attributes for a MaxPool with disjoint windows and static shapes, else None.
+
+    MaxUnpool only scatters by the indices; its kernel, strides and pads just set the smallest
+    output it accepts, ``(out - 1) s + k - pads``, which pads (< kernel) keep within the input's
+    size (padding, ceil mode's partial windows).
+    """
+    if not _windows_disjoint(ctx, node):
+        return None
+    xs, ys = ctx.g.shape(node.input[0]), ctx.g.shape(node.output[0])
+    if xs is None or ys is None or not all(isinstance(d, int) for d in list(xs[2:]) + list(ys[2:])):
+        return None
+    kernel = list(node_attr(node, "kernel_shape"))
+    strides = list(node_attr(node, "strides", [1] * len(kernel)))
+    extra = [max(0, (o - 1) * s + k - n) for o, s, k, n in zip(ys[2:], strides, kernel, xs[2:])]
+    begin, end = [e // 2 for e in extra], [e - e // 2 for e in extra]
+    if any(e >= k for e, k in zip(end, kernel)):  # MaxUnpool wants pads < kernel
+        return None
+    return {"kernel_shape": kernel, "strides": strides, "pads": begin + end}
+
+
 @vjp("MaxPool")
 def _maxpool(ctx: Ctx, node, gy):
+    """Scatter ``dy`` to the winners (``Indices``).  Disjoint windows (VGG's 2x2/2): each position wins
+    at most one window, so ``MaxUnpool`` (a plain scatter, 5x faster than ``ScatterElements`` in ONNX
+    Runtime, float32 only) is exact; overlapping windows (ResNet's 3x3/2) sum with ``ScatterElements``."""
     if node_attr(node, "storage_order", 0):
         raise Unsupported("MaxPool with storage_order=1", "export with the default storage order")
     x = node.input[0]
     idx = _extra_output(ctx, node, 1, "indices")
     b = ctx.b
+    unpool = _unpool_attrs(ctx, node) if ctx.g.dtype(x) == onnx.TensorProto.FLOAT else None
+    if unpool is not None:
+        return [b.op("MaxUnpool", gy[0], idx, b.shape_of(x), **unpool)]
     zeros = b.op("ConstantOfShape", _flat_size(ctx, x),
                  value=helper.make_tensor("value", ctx.g.dtype(x), [1], [0]))
     flat = b.op("ScatterElements", zeros, b.op("Reshape", idx, b.ints([-1])), b.op("Reshape", gy[0], b.ints([-1])),
