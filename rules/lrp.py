@@ -92,35 +92,93 @@ class LinearRule(Rule):
                               f"not to {node.op_type}", "assign another rule to this node")
         layer = _Layer.of(ctx, node)
         nonneg = nonnegative(ctx.g, layer.x())
-        out = None
-        for group in self.groups:
-            z = None
-            xs = []
-            # x- = 0 after a ReLU: a bias-free term of it contributes nothing
-            terms = [t for t in group.terms
-                     if not (nonneg and t.inp == "neg" and (t.bias == "none" or layer.bias is None))]
-            if not terms:
-                continue
-            for t in terms:
-                xt = layer.input(ctx, t.inp, self)
-                zt = layer.forward(ctx, xt, t.weight, t.bias, self)
-                zt = zt if t.sign > 0 else ctx.b.op("Neg", zt)
-                z = zt if z is None else ctx.b.op("Add", z, zt)
-                xs.append(xt)
-            r = _masked(ctx, layer, gy[0], group.mask)
-            if self.epsilon > 0 and self.stabilizer == "sign":  # |z + eps sign(z)| >= eps: never zero
-                s = ctx.b.op("Div", r, stabilize(ctx, z, self.epsilon, self.stabilizer))
-            else:
-                s = safe_divide(ctx, r, stabilize(ctx, z, self.epsilon, self.stabilizer))
-            for t, xt in zip(terms, xs):
-                c = ctx.b.op("Mul", xt, layer.transpose(ctx, s, t.weight, self))
-                coef = group.coef * t.sign
-                if coef != 1.0:
-                    c = ctx.b.op("Mul", c, ctx.b.scalar_like(coef, c))
-                out = c if out is None else ctx.b.op("Add", out, c)
+        if nonneg and self.groups == GAMMA_GROUPS and self.gamma > 0 and self.epsilon > 0 and \
+                self.stabilizer == "sign":
+            out = _gamma_nonnegative(ctx, layer, gy[0], self)
+        else:
+            out = None
+            for group in self.groups:
+                out = self._group(ctx, layer, group, gy[0], nonneg, out)
         res = [None] * len(node.input)
         res[layer.data] = out
         return res
+
+    def _group(self, ctx: Ctx, layer: "_Layer", group: Group, r: str, nonneg: bool, out: Optional[str]):
+        """Add one group's contribution ``coef_g sum_t sign_t x_t (.) layer_t^T(R / stab(z_g))`` to ``out``."""
+        b = ctx.b
+        # x- = 0 after a ReLU: a bias-free term of it contributes nothing
+        terms = [t for t in group.terms
+                 if not (nonneg and t.inp == "neg" and (t.bias == "none" or not layer.has_bias()))]
+        if not terms:
+            return out
+        z, xs = None, []
+        for t in terms:
+            xt = layer.input(ctx, t.inp, self)
+            zt = layer.forward(ctx, xt, t.weight, t.bias, self)
+            zt = zt if t.sign > 0 else b.op("Neg", zt)
+            z = zt if z is None else b.op("Add", z, zt)
+            xs.append(xt)
+        r = _masked(ctx, layer, r, group.mask)
+        positive = all(_term_sign(ctx, layer, t, self, nonneg) > 0 for t in terms)
+        s = divide(ctx, r, z, self.epsilon, self.stabilizer, nonneg=positive)
+        for t, xt in zip(terms, xs):
+            c = layer.transpose(ctx, s, t.weight, self)
+            factor = layer.multiplier(ctx, t.inp, self)
+            if factor is not None:
+                c = b.op("Mul", factor, c)
+            coef = group.coef * t.sign
+            if coef != 1.0:
+                c = b.op("Mul", c, b.scalar_like(coef, c))
+            out = c if out is None else b.op("Add", out, c)
+        return out
+
+
+#: the groups of the generalized gamma rule (see :func:`onnxplain.rules.composites.rule`)
+GAMMA_GROUPS = (
+    Group(1.0, (Term(1, "pos", "gamma_pos", "gamma_pos"), Term(1, "neg", "gamma_neg", "none")), "zpos"),
+    Group(1.0, (Term(1, "pos", "gamma_neg", "gamma_neg"), Term(1, "neg", "gamma_pos", "none")), "zneg"))
+
+_SIGN = {"pos": 1, "neg": -1, "square": 1, "ones": 1}
+
+
+def _term_sign(ctx: Ctx, layer: "_Layer", t: Term, rule: LinearRule, nonneg: bool) -> int:
+    """+1 when the term ``sign * layer(x_t; W_t, b_t)`` is >= 0 for every input (by the signs of its
+    input, weight and bias modifiers), else 0 (unknown)."""
+    if t.inp == "x":
+        sx = 1 if nonneg else 0
+    elif t.inp in ("low", "high"):
+        v = np.asarray(rule.low if t.inp == "low" else rule.high, dtype=np.float64)
+        sx = 1 if np.all(v >= 0) else -1 if np.all(v <= 0) else 0
+    else:
+        sx = _SIGN.get(t.inp, 0)
+    s = int(np.sign(t.sign)) * sx * _SIGN.get(t.weight, 0)
+    if s > 0 and layer.has_bias() and t.bias != "none" and int(np.sign(t.sign)) * _SIGN.get(t.bias, 0) <= 0:
+        return 0
+    return max(s, 0)
+
+
+def _gamma_nonnegative(ctx: Ctx, layer: "_Layer", r: str, rule: LinearRule) -> str:
+    """The generalized gamma rule on a non-negative input ``x``, by linearity, with one extra forward.
+
+    With ``z = W x + b`` (the layer's own output) and ``zp = W+ x + b+ >= 0``, the two groups'
+    denominators are ``z_1 = z + gamma zp`` (used where ``z > 0``, where ``z_1 > 0``) and
+    ``z_2 = z + gamma (z - zp)`` (used where ``z < 0``, where ``z_2 < 0``), so that
+    ``stab(z_1) = relu(z + gamma zp) + eps`` and ``stab(z_2) = min((1 + gamma) z - gamma zp, 0) - eps``
+    there (relu/min keep both away from zero elsewhere: no 0/0 under the masks).  Then
+    ``R_in = x (.) (layer^T_{W + gamma W+}(R [z > 0] / stab(z_1)) + layer^T_{W + gamma W-}(R [z < 0] / stab(z_2)))``,
+    exactly Zennit's ``Gamma`` (its four terms, of which the two on ``x-`` vanish), with one modified
+    forward (``gamma zp``) instead of two and no ``Where``.
+    """
+    b, z, x = ctx.b, layer.node.output[0], layer.x()
+    zp = layer.forward(ctx, x, "scaled_pos", "scaled_pos", rule)  # gamma (W+ x + b+)
+    zero, eps = b.scalar_like(0.0, z), b.scalar_like(rule.epsilon, z)
+    den1 = b.op("Add", b.op("Relu", b.op("Add", z, zp)), eps)
+    den2 = b.op("Sub", b.op("Min", b.op("Sub", b.op("Mul", z, b.scalar_like(1.0 + rule.gamma, z)), zp), zero), eps)
+    dt = ctx.g.dtype(r)
+    s1 = b.op("Div", b.op("Mul", r, b.op("Cast", b.op("Greater", z, zero), to=dt)), den1)
+    s2 = b.op("Div", b.op("Mul", r, b.op("Cast", b.op("Less", z, zero), to=dt)), den2)
+    back = b.op("Add", layer.transpose(ctx, s1, "gamma_pos", rule), layer.transpose(ctx, s2, "gamma_neg", rule))
+    return b.op("Mul", x, back)
 
 
 #: ops whose output is >= 0 whatever their input, and ops that keep non-negativity
@@ -164,16 +222,32 @@ def _masked(ctx: Ctx, layer: "_Layer", r: str, mask: str) -> str:
     return b.op("Where", cond, r, b.scalar_like(0.0, r))
 
 
-def stabilize(ctx: Ctx, z: str, eps: float, kind: str = "sign") -> str:
+def stabilize(ctx: Ctx, z: str, eps: float, kind: str = "sign", nonneg: bool = False) -> str:
     """``z + eps * sign(z)`` with ``sign(0) = +1`` (``kind="sign"``, Zennit), or ``z + eps [z == 0]``
-    (``kind="zero"``, iNNvestigate's ``safe_divide``); a no-op for ``eps = 0``."""
+    (``kind="zero"``, iNNvestigate's ``safe_divide``); a no-op for ``eps = 0``.
+
+    Written without ``Where`` (ONNX Runtime's CPU ``Where`` costs ~10 multiplications): ``eps sign(z)``
+    is ``2 eps [z >= 0] - eps`` (exactly +-eps), and ``z + eps`` alone where ``z`` is known to be
+    ``>= 0`` (``nonneg``).
+    """
     if eps == 0:
         return z
     b = ctx.b
+    zero, dt = b.scalar_like(0.0, z), ctx.g.dtype(z)
     if kind == "zero":
-        return b.op("Where", b.op("Equal", z, b.scalar_like(0.0, z)), b.scalar_like(eps, z), z)
-    pos = b.op("GreaterOrEqual", z, b.scalar_like(0.0, z))
-    return b.op("Add", z, b.op("Where", pos, b.scalar_like(eps, z), b.scalar_like(-eps, z)))
+        return b.op("Add", z, b.op("Mul", b.op("Cast", b.op("Equal", z, zero), to=dt), b.scalar_like(eps, z)))
+    if nonneg:
+        return b.op("Add", z, b.scalar_like(eps, z))
+    pm = b.op("Add", b.op("Mul", b.op("Cast", b.op("GreaterOrEqual", z, zero), to=dt), b.scalar_like(2 * eps, z)),
+              b.scalar_like(-eps, z))
+    return b.op("Add", z, pm)
+
+
+def divide(ctx: Ctx, r: str, z: str, eps: float, kind: str = "sign", nonneg: bool = False) -> str:
+    """``r / stab(z)``; a stabilised denominator is never zero (``|z + eps sign(z)| >= eps``,
+    ``z + eps [z == 0] != 0``), so only ``eps = 0`` needs :func:`safe_divide`."""
+    den = stabilize(ctx, z, eps, kind, nonneg)
+    return ctx.b.op("Div", r, den) if eps > 0 else safe_divide(ctx, r, den)
 
 
 def safe_divide(ctx: Ctx, num: str, den: str) -> str:
@@ -196,6 +270,8 @@ def _modify(w: np.ndarray, how: str, gamma: float) -> Optional[np.ndarray]:
         return w * w
     if how == "ones":
         return np.ones_like(w)
+    if how == "scaled_pos":
+        return gamma * np.maximum(w, 0)
     if how == "gamma_pos":
         return w + gamma * np.maximum(w, 0)
     if how == "gamma_neg":
@@ -226,6 +302,8 @@ def _modify_op(ctx: Ctx, name: str, how: str, gamma: float, scale: float = 1.0) 
     elif how == "ones":
         out = b.op("ConstantOfShape", b.shape_of(name),
                    value=helper.make_tensor("value", ctx.g.dtype(name), [1], [1]))
+    elif how == "scaled_pos":
+        out = b.op("Mul", b.op("Relu", t), b.scalar_like(gamma, name))
     elif how in ("gamma_pos", "gamma_neg"):
         part = b.op("Relu", t) if how == "gamma_pos" else b.op("Min", t, b.scalar_like(0.0, name))
         out = b.op("Add", t, b.op("Mul", part, b.scalar_like(gamma, name)))
@@ -261,27 +339,56 @@ class _Layer:
     def x(self) -> str:
         return self.node.input[self.data]
 
+    def has_bias(self) -> bool:
+        """Whether the layer adds a bias (BatchNormalization always has its shift)."""
+        return self.bias is not None or self.node.op_type == "BatchNormalization"
+
+    def _batch1_shape(self, ctx: Ctx) -> Optional[list]:
+        """``[1] + x.shape[1:]`` when those dims are static (a constant input can then be folded)."""
+        s = ctx.g.shape(self.x())
+        if s is None or len(s) < 2 or not all(isinstance(d, int) and d > 0 for d in s[1:]):
+            return None
+        return [1] + list(s[1:])
+
     def input(self, ctx: Ctx, how: str, rule: LinearRule) -> str:
+        """The modified input ``x_t``.  Constant inputs (ones, the bounds) get batch size 1 where the
+        shape is static: every op on them is then folded by ONNX Runtime at session creation, and
+        their layer outputs broadcast over the batch."""
         b, x = ctx.b, self.x()
         key = ("in", how)
         if key in self._cache:
             return self._cache[key]
+        shape1 = self._batch1_shape(ctx) if how in ("ones", "low", "high") else None
         if how == "x" or (how == "pos" and nonnegative(ctx.g, x)):
             t = x
         elif how == "pos":
             t = b.op("Relu", x)
         elif how == "neg":
-            t = b.op("Neg", b.op("Relu", b.op("Neg", x)))
+            t = b.op("Min", x, b.scalar_like(0.0, x))
+        elif how == "ones" and shape1 is not None:
+            t = b.op("ConstantOfShape", b.ints(shape1), value=helper.make_tensor("value", ctx.g.dtype(x), [1], [1]))
         elif how == "ones":
             t = b.op("Add", b.op("Mul", x, b.scalar_like(0.0, x)), b.scalar_like(1.0, x))
         elif how in ("low", "high"):
             value = rule.low if how == "low" else rule.high
-            t = b.op("Expand", _bound_const(ctx, value, x), b.shape_of(x))
+            t = b.op("Expand", _bound_const(ctx, value, x), b.ints(shape1) if shape1 else b.shape_of(x))
         else:
             raise ValueError(how)
-        ctx.g.alias(t, x)
+        if shape1 is not None:
+            ctx.g.set_info(t, ctx.g.dtype(x), shape1)
+        else:
+            ctx.g.alias(t, x)
         self._cache[key] = t
         return t
+
+    def multiplier(self, ctx: Ctx, how: str, rule: LinearRule) -> Optional[str]:
+        """What ``layer_t^T(s)`` is multiplied with: ``x_t``; nothing for unit inputs; the (scalar or
+        per-channel) bound itself rather than its expansion to the input's shape."""
+        if how == "ones":
+            return None
+        if how in ("low", "high"):
+            return _bound_const(ctx, rule.low if how == "low" else rule.high, self.x())
+        return self.input(ctx, how, rule)
 
     def _scales(self) -> tuple:
         """Gemm's ``alpha`` and ``beta``: the layer's matrix is ``alpha B`` and its bias ``beta C``."""
@@ -330,7 +437,11 @@ class _Layer:
             return ctx.b.op("Add", y, bm) if bm is not None else y
         c = self._copy(xt, wm, bm)
         out = ctx.b.op(c.op_type, *c.input, **{a.name: helper.get_attribute_value(a) for a in c.attribute})
-        ctx.g.alias(out, self.node.output[0])
+        if ctx.g.resolve(xt) == ctx.g.resolve(self.x()):
+            ctx.g.alias(out, self.node.output[0])
+        else:  # a batch-1 constant input: same dtype, batch 1
+            shape = ctx.g.shape(self.node.output[0])
+            ctx.g.set_info(out, ctx.g.dtype(self.node.output[0]), None if shape is None else [1] + list(shape[1:]))
         return out
 
     def transpose(self, ctx: Ctx, s: str, w_how: str, rule: LinearRule) -> str:
@@ -416,7 +527,7 @@ class Norm(Rule):
         return op_type in VJP
 
     def backward(self, ctx: Ctx, node, gy: list) -> list:
-        s = safe_divide(ctx, gy[0], stabilize(ctx, node.output[0], self.epsilon, self.stabilizer))
+        s = divide(ctx, gy[0], node.output[0], self.epsilon, self.stabilizer, nonnegative(ctx.g, node.output[0]))
         grads = GRADIENT.backward(ctx, node, [s] + [None] * (len(node.output) - 1))
         return [None if g is None else ctx.b.op("Mul", node.input[i], g) for i, g in enumerate(grads)]
 
@@ -448,8 +559,8 @@ class BatchNormTwoMaps(Rule):
         dt = helper.tensor_dtype_to_np_dtype(ctx.g.dtype(x))
         s = (gamma / np.sqrt(var + node_attr(node, "epsilon", 1e-5))).reshape(shape).astype(dt)
         m = b.op("Sub", x, b.const(mean.reshape(shape).astype(dt)))
-        r_m = b.op("Mul", b.op("Mul", m, b.const(s)), safe_divide(ctx, gy[0], stabilize(ctx, y, self.epsilon)))
-        r_x = b.op("Mul", x, safe_divide(ctx, r_m, stabilize(ctx, m, self.epsilon)))
+        r_m = b.op("Mul", b.op("Mul", m, b.const(s)), divide(ctx, gy[0], y, self.epsilon))
+        r_x = b.op("Mul", x, divide(ctx, r_m, m, self.epsilon))
         return [r_x] + [None] * (len(node.input) - 1)
 
 
@@ -474,6 +585,6 @@ class MaxPoolProportional(Rule):
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name in keep}
         avg = b.op("AveragePool", x, count_include_pad=1, **attrs)
         ctx.g.alias(avg, node.output[0])
-        s = safe_divide(ctx, gy[0], stabilize(ctx, avg, self.epsilon))
+        s = divide(ctx, gy[0], avg, self.epsilon, nonneg=nonnegative(ctx.g, x))
         clone = helper.make_node("AveragePool", [x], [avg], name=node.name, count_include_pad=1, **attrs)
         return [b.op("Mul", x, VJP["AveragePool"](ctx, clone, [s])[0])]
