@@ -40,7 +40,6 @@ import glob
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -58,27 +57,8 @@ MD_PATH = os.path.join(common.RESULTS, "bench_gradient.md")
 DEFAULT_ARCHS = ("vgg16", "resnet50")
 
 
-def make_input(batch: int) -> np.ndarray:
-    return np.random.default_rng(0).standard_normal((batch, *common.INPUT_SHAPE), dtype=np.float32)
-
-
-def maxrss_mib() -> float:
-    """Peak resident set size of this process in MiB.
-
-    Linux: ``VmHWM`` of /proc/self/status, the high-water mark of this process image.
-    ``ru_maxrss`` (RUSAGE_SELF here, or RUSAGE_CHILDREN in the parent) is not used there: Linux keeps
-    the maximum across ``fork`` + ``exec``, so every child would report at least the RSS of the
-    parent (torch loaded) at the fork. Elsewhere: ``ru_maxrss``.
-    """
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kib / 1024 if sys.platform != "darwin" else kib / 2 ** 20
+make_input = common.make_input  # shared with bench_lrp.py and run_all.py (bench/common.py)
+maxrss_mib = common.maxrss_mib
 
 
 # ----------------------------------------------------------------------------
@@ -294,30 +274,10 @@ def run_child(spec: dict, timeout: float = 1800) -> dict:
 
 def prepare(arch: str, workdir: str) -> dict:
     """Build, calibrate and export one architecture; save its state dict for the torch child."""
-    import torch
-
-    torch.set_num_threads(2)
-    model = common.build(arch)
-    common.calibrate_batchnorm(model, common.ARCHS[arch])
-    std, rescaled, finite = common.ensure_nondegenerate(
-        model, torch.randn(8, *common.INPUT_SHAPE, generator=torch.Generator().manual_seed(5)))
-    path = os.path.join(workdir, f"{arch}_legacy.onnx")
-    t0 = time.perf_counter()
-    common.export_legacy(model, path)
-    export_s = time.perf_counter() - t0
-    common.cap_ir_version(path)
-    state = os.path.join(workdir, f"{arch}.pt")
-    torch.save(model.state_dict(), state)
-    return {"path": path, "state": state, "export_s": export_s, "logit_std": std, "rescaled": rescaled,
-            "params": sum(p.numel() for p in model.parameters())}
+    return common.prepare(arch, workdir)
 
 
-def wait_idle(max_wait: float, threshold: float = 0.6) -> dict:
-    """Wait (at most ``max_wait`` s) until the 1-minute load average drops below ``threshold``."""
-    t0 = time.perf_counter()
-    while os.getloadavg()[0] >= threshold and time.perf_counter() - t0 < max_wait:
-        time.sleep(10)
-    return {"waited_s": round(time.perf_counter() - t0), "loadavg": os.getloadavg()}
+wait_idle = common.wait_idle
 
 
 def bench_arch(arch: str, args, workdir: str) -> dict:
@@ -362,18 +322,7 @@ def bench_arch(arch: str, args, workdir: str) -> dict:
     return res
 
 
-def git_state() -> str:
-    """Short HEAD and the tracked files with uncommitted changes (read-only git commands)."""
-    repo = os.path.dirname(common.HERE)
-    try:
-        head = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.splitlines()
-    except OSError:
-        return "?"
-    dirty = [ln[3:] for ln in dirty if ln.strip()]
-    return head + (f" + uncommitted changes in {', '.join(dirty)}" if dirty else "")
+git_state = common.git_state
 
 
 def fmt(v, spec=".3f"):

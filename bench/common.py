@@ -4,7 +4,14 @@ Nothing here is imported by the package. See bench/README.md.
 """
 from __future__ import annotations
 
+import datetime
+import json
 import os
+import platform
+import resource
+import subprocess
+import sys
+import time
 import warnings
 
 import numpy as np
@@ -21,7 +28,10 @@ ARCHS = {
     "vgg16": 101, "resnet50": 102, "densenet121": 103, "mobilenet_v2": 104,
     "mobilenet_v3_large": 105, "efficientnet_b0": 106, "squeezenet1_1": 107, "googlenet": 108,
     "shufflenet_v2_x1_0": 109, "regnet_y_400mf": 110, "convnext_tiny": 111,
+    "efficientnet_lite0": 112,  # efficientnet-lite-pytorch (not torchvision); see build()
 }
+#: The bundled, pretrained EfficientNet-Lite0 (dynamo export, BatchNorm folded by the exporter).
+BUNDLED_EFFICIENTNET_LITE0 = os.path.join(os.path.dirname(HERE), "onnxplain", "data", "efficientnet_lite0.onnx")
 
 
 def build(name: str):
@@ -30,6 +40,10 @@ def build(name: str):
     import torchvision
 
     torch.manual_seed(ARCHS[name])
+    if name == "efficientnet_lite0":  # pip install efficientnet-lite-pytorch (pure Python)
+        from efficientnet_lite_pytorch import EfficientNet
+
+        return EfficientNet.from_name("efficientnet-lite0").eval()
     kwargs = {"weights": None}
     if name == "googlenet":
         kwargs.update(aux_logits=False, init_weights=True)
@@ -164,3 +178,138 @@ def rel_err_per_sample(a, b) -> list:
     a = np.asarray(a, np.float64).reshape(len(a), -1)
     b = np.asarray(b, np.float64).reshape(len(b), -1)
     return (np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-300)).tolist()
+
+
+# ----------------------------------------------------------------------------
+# Shared by the benchmark scripts (bench_gradient, bench_lrp, run_all)
+# ----------------------------------------------------------------------------
+
+def make_input(batch: int) -> np.ndarray:
+    """The benchmark input: ``batch`` x 3x224x224 float32 N(0, 1), seed 0 (the same in every script)."""
+    return np.random.default_rng(0).standard_normal((batch, *INPUT_SHAPE), dtype=np.float32)
+
+
+def _status_kib(key: str):
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def maxrss_mib() -> float:
+    """Peak resident set size of this process in MiB.
+
+    Linux: ``VmHWM`` of /proc/self/status, the high-water mark of this process image (resettable with
+    :func:`reset_peak_rss`). ``ru_maxrss`` is not used there: Linux keeps that maximum across
+    ``fork`` + ``exec``, so every child would report at least the RSS of its parent at the fork.
+    Elsewhere: ``ru_maxrss``.
+    """
+    kib = _status_kib("VmHWM")
+    if kib is not None:
+        return kib / 1024
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 1024 if sys.platform != "darwin" else kib / 2 ** 20
+
+
+def rss_mib() -> float:
+    """Current resident set size in MiB (``VmRSS``; 0 where /proc is missing)."""
+    return (_status_kib("VmRSS") or 0) / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def release_memory() -> None:
+    """Collect garbage and return freed heap pages to the OS (glibc ``malloc_trim``)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def git_state() -> str:
+    """Short HEAD and the tracked files with uncommitted changes (read-only git commands)."""
+    repo = os.path.dirname(HERE)
+    try:
+        head = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.splitlines()
+    except OSError:
+        return "?"
+    dirty = [ln[3:] for ln in dirty if ln.strip()]
+    return (head or "?") + (f" + uncommitted changes in {', '.join(dirty)}" if dirty else "")
+
+
+def machine() -> str:
+    """Architecture, CPU count and CPU model name."""
+    text = f"{platform.machine()}, {os.cpu_count()} CPUs"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
+        if names:
+            text += f", {names[0]}"
+    except OSError:
+        pass
+    return text
+
+
+def versions(packages=("onnxruntime", "onnxruntime-gpu", "onnx", "numpy", "torch", "torchvision", "zennit",
+                       "captum", "onnxplain")) -> dict:
+    """Installed versions, read in a child process (the caller stays free of torch/onnxruntime)."""
+    code = ("import json, importlib.metadata as m\nout = {}\n"
+            f"for k in {list(packages)!r}:\n"
+            "    try:\n        out[k] = m.version(k)\n    except Exception:\n        pass\n"
+            "print(json.dumps(out))")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+        return json.loads(out.strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        return {}
+
+
+def wait_idle(max_wait: float, threshold: float = 0.6) -> dict:
+    """Wait (at most ``max_wait`` s) until the 1-minute load average drops below ``threshold``."""
+    t0 = time.perf_counter()
+    while os.getloadavg()[0] >= threshold and time.perf_counter() - t0 < max_wait:
+        time.sleep(10)
+    return {"waited_s": round(time.perf_counter() - t0), "loadavg": list(os.getloadavg())}
+
+
+def now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def prepare(arch: str, workdir: str, threads: int = 2) -> dict:
+    """Build, calibrate and export one architecture (legacy exporter); save its state dict for the torch peers."""
+    import torch
+
+    torch.set_num_threads(threads)
+    model = build(arch)
+    calibrate_batchnorm(model, ARCHS[arch])
+    std, rescaled, finite = ensure_nondegenerate(
+        model, torch.randn(8, *INPUT_SHAPE, generator=torch.Generator().manual_seed(5)))
+    path = os.path.join(workdir, f"{arch}_legacy.onnx")
+    t0 = time.perf_counter()
+    export_legacy(model, path)
+    export_s = time.perf_counter() - t0
+    cap_ir_version(path)
+    state = os.path.join(workdir, f"{arch}.pt")
+    torch.save(model.state_dict(), state)
+    return {"path": path, "state": state, "export_s": export_s, "logit_std": std, "rescaled": rescaled,
+            "params": sum(p.numel() for p in model.parameters())}
