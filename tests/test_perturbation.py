@@ -114,6 +114,9 @@ def test_aopc_formula_on_given_scores():
     assert res.aopc["m"] == pytest.approx(((0 + 1 + 3 + 4) / 4 + (0 + 0 + 1 + 3) / 4) / 2)
     assert res.aopc["random"] == pytest.approx(res.aopc["m"] / 2)
     assert [m for m, _ in res.ranking()] == ["m", "random"]
+    d = np.array([(0 + 1 + 3 + 4) / 8, (0 + 0 + 1 + 3) / 8])       # per-image AOPC(m) - AOPC(random)
+    assert res.versus("m") == pytest.approx((d.mean(), d.std(ddof=1) / np.sqrt(2)))
+    assert "| +0.750 | 0.250 |" in res.table() and "+0.750    0.250" in res.table(markdown=False)
     json.dumps(res.to_dict())
 
 
@@ -204,7 +207,7 @@ def test_cli_writes_curves_json_and_markdown(setup, tmp_path, capsys):
         assert data["aopc"][label] == pytest.approx(value, rel=1e-6)
     assert "| rank | method |" in (tmp_path / "curves.md").read_text()
     from PIL import Image
-    assert Image.open(out).size == (720, 440)
+    assert Image.open(out).size == (820, 440)
     bad = tmp_path / "bad.png"
     assert main(args[:-1] + [str(bad), "--fill", "glitter"]) == 2
     assert main(["perturb", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "nothing.npz"), "-o", str(bad)]) == 2

@@ -273,6 +273,9 @@ def audit_maps(maps: np.ndarray, predicted, labels=None, *, boxes=None, masks=No
         raise InputError(f"by must be 'true' (needs labels) or 'predicted', got {by!r}"
                          + (" without labels" if by == "true" else ""))
     obj = object_masks(n, h, w, boxes, masks)
+    bad = [name for name, b in (regions or {}).items() if np.shape(b) != (4,)]
+    if bad:
+        raise InputError(f"regions {bad}: a region is one box [row0, col0, row1, col1] for every image")
     reg = {name: box_masks(b, h, w, f"region '{name}'")[0] for name, b in (regions or {}).items()}
     share = inside_share(a, obj)
     if np.isnan(share).any():

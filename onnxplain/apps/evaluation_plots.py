@@ -13,7 +13,7 @@ PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 1
            (227, 119, 194), (23, 190, 207), (188, 189, 34), (0, 0, 0)]
 
 
-def plot_curves(result, path: str, title: Optional[str] = None, size=(720, 440)) -> None:
+def plot_curves(result, path: str, title: Optional[str] = None, size=(820, 440)) -> None:
     """Save a PNG of the mean perturbation curves ``<f(x^(k))>`` (one line per method, the random
     baseline dashed gray) against the fraction of regions removed, with AOPC in the legend (atomically)."""
     from PIL import Image, ImageDraw
@@ -22,7 +22,7 @@ def plot_curves(result, path: str, title: Optional[str] = None, size=(720, 440))
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
     font = _font(12)
-    box = (60, 30, w - 250, h - 45)
+    box = (60, 46, w - 320, h - 45)
     curves = {m: result.mean_curve(m) for m in result.labels}
     lo = min(float(c.min()) for c in curves.values())
     hi = max(float(c.max()) for c in curves.values())
@@ -32,19 +32,29 @@ def plot_curves(result, path: str, title: Optional[str] = None, size=(720, 440))
     py = lambda v: box[3] - (box[3] - box[1]) * (v - lo) / (hi - lo)  # noqa: E731
     _axes(d, box, lo, hi, float(xs[-1]), px, py, font)
     s = result.settings
-    d.text((box[0], 8), title or f"perturbation analysis ({s.get('order', 'morf').upper()}, fill {s.get('fill')}, "
+    d.text((8, 6), title or f"perturbation analysis ({s.get('order', 'morf').upper()}, fill {s.get('fill')}, "
            f"{len(result.target)} inputs)", fill="black", font=font)
     d.text(((box[0] + box[2]) // 2 - 70, h - 20), "fraction of regions removed", fill="black", font=font)
-    d.text((4, box[1] - 18), "mean score f", fill="black", font=font)
+    d.text((4, 26), "mean score f (explained logit)", fill="black", font=font)
     for j, (m, a) in enumerate(result.ranking()):
         color = (128, 128, 128) if m == "random" else PALETTE[j % len(PALETTE)]
         pts = [(px(float(a_)), py(float(b_))) for a_, b_ in zip(xs, curves[m])]
         _polyline(d, pts, color, dashed=m == "random")
         y = box[1] + 4 + 16 * j
         _polyline(d, [(box[2] + 12, y + 6), (box[2] + 36, y + 6)], color, dashed=m == "random")
-        d.text((box[2] + 42, y), f"{m[:26]}  {a:.3f}", fill="black", font=font)
-    d.text((box[2] + 12, box[1] - 18), "method  AOPC", fill="black", font=font)
+        d.text((box[2] + 42, y), _fit(f"{a:.3f}  {m}", font, w - box[2] - 48), fill="black", font=font)
+    d.text((box[2] + 12, box[1] - 18), "AOPC  method", fill="black", font=font)
     _save_png(img, path)
+
+
+def _fit(text: str, font, width: float) -> str:
+    """``text`` shortened in the middle (``...``) to ``width`` pixels: the ends of a label say the most."""
+    if not hasattr(font, "getlength") or font.getlength(text) <= width:
+        return text
+    head, tail = len(text) // 2, len(text) // 2
+    while head > 4 and font.getlength(text[:head] + "..." + text[-tail:]) > width:
+        head, tail = head - 1, tail - 1 if tail > head else tail
+    return text[:head] + "..." + text[-tail:]
 
 
 def _axes(d, box, lo, hi, xmax, px, py, font=None) -> None:

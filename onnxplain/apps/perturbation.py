@@ -288,21 +288,31 @@ class PerturbationResult:
         lerf = self.settings.get("order") == "lerf"
         return sorted(self.aopc.items(), key=lambda kv: kv[1], reverse=not lerf)
 
+    def versus(self, label: str, baseline: str = "random") -> tuple:
+        """``(mean, standard error)`` over images of the paired difference ``AOPC_label - AOPC_baseline``."""
+        d = self.aopc_per_image(label) - self.aopc_per_image(baseline)
+        return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+
     def table(self, markdown: bool = True) -> str:
-        """AOPC per method (with the standard error over images), best first."""
+        """AOPC per method (standard error over images; the paired difference to the random baseline), best
+        first."""
         n = len(self.target)
         rows = []
         for rank, (m, a) in enumerate(self.ranking(), 1):
             se = float(self.aopc_per_image(m).std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-            rows.append((rank, m, a, se, float(self.mean_curve(m)[-1])))
-        head = ["rank", "method", "AOPC", "± s.e.", "mean f at end"]
+            dv, ds = self.versus(m) if "random" in self.scores and m != "random" else (float("nan"),) * 2
+            rows.append((rank, m, a, se, dv, ds, float(self.mean_curve(m)[-1])))
+        head = ["rank", "method", "AOPC", "± s.e.", "minus random", "± s.e.", "mean f at end"]
         if markdown:
             lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-            lines += [f"| {r} | `{m}` | {a:.4f} | {se:.4f} | {e:.4f} |" for r, m, a, se, e in rows]
+            lines += [f"| {r} | `{m}` | {a:.3f} | {se:.3f} | {_f(dv)} | {_f(ds, '')} | {e:.3f} |"
+                      for r, m, a, se, dv, ds, e in rows]
         else:
             w = max([len(m) for _, m, *_ in rows] + [6])
-            lines = [f"{'rank':>4}  {'method':<{w}}  {'AOPC':>9}  {'± s.e.':>8}  {'mean f at end':>13}"]
-            lines += [f"{r:>4}  {m:<{w}}  {a:>9.4f}  {se:>8.4f}  {e:>13.4f}" for r, m, a, se, e in rows]
+            lines = [f"{'rank':>4}  {'method':<{w}}  {'AOPC':>8}  {'± s.e.':>7}  {'minus random':>12}  {'± s.e.':>7}"
+                     f"  {'mean f at end':>13}"]
+            lines += [f"{r:>4}  {m:<{w}}  {a:>8.3f}  {se:>7.3f}  {_f(dv):>12}  {_f(ds, ''):>7}  {e:>13.3f}"
+                      for r, m, a, se, dv, ds, e in rows]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -313,6 +323,10 @@ class PerturbationResult:
                 "mean_curve": {m: self.mean_curve(m).tolist() for m in self.scores},
                 "aopc_per_image": {m: self.aopc_per_image(m).tolist() for m in self.scores},
                 "target": self.target.tolist()}
+
+
+def _f(v: float, sign: str = "+") -> str:
+    return "-" if np.isnan(v) else f"{v:{sign}.3f}"
 
 
 # ----------------------------------------------------------------------------------------------- analysis
@@ -488,8 +502,7 @@ def parse_entries(methods, params: Optional[dict] = None) -> list:
     times with different parameters (e.g. ``integrated_gradients:reference=black`` and
     ``integrated_gradients:reference=gray``) to compare hyper-parameters.
     """
-    from ..rules.methods import METHODS
-
+    METHODS = _registry()
     entries, problems, used = [], [], set()
     for item in ([methods] if isinstance(methods, str) else list(methods)):
         if isinstance(item, str):
@@ -521,6 +534,17 @@ def parse_entries(methods, params: Optional[dict] = None) -> list:
     if problems:
         raise InputError("bad method list:\n  - " + "\n  - ".join(problems))
     return entries
+
+
+def _registry() -> dict:
+    """Compiled methods and, where the package has them, the model-agnostic ones (occlusion, LIME)."""
+    from ..rules.methods import METHODS
+
+    try:
+        from ..agnostic import AGNOSTIC
+    except ImportError:  # pragma: no cover
+        AGNOSTIC = {}
+    return {**METHODS, **AGNOSTIC}
 
 
 def explain_entries(model, x: np.ndarray, entries: list, target: np.ndarray, *, batch_size: int = 64,
