@@ -157,6 +157,8 @@ def ort_job(job: dict, spec: dict, x, state: dict) -> dict:
     sess = make_session(path, providers_for(spec["device"]), spec["threads"])
     res["session_s"] = time.perf_counter() - t0
     res["providers"] = sess.get_providers()
+    if spec["device"] == "cuda" and "CUDAExecutionProvider" not in res["providers"]:
+        raise RuntimeError(f"the session fell back to {res['providers']}: CUDA provider not usable")
     if job["engine"] == "onnxplain" and isinstance(path, str):
         os.remove(path)
     path = None
@@ -222,17 +224,17 @@ def torch_job(job: dict, spec: dict, x, state: dict) -> dict:
     mem = Memory(cuda)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    if "model" not in state:
+    if "model" not in state:  # built once per process, kept on the host between jobs
         model = common.build(spec["model"])
         model.load_state_dict(torch.load(spec["state"], weights_only=True))
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        state["model"] = model.to(dev)
-        state["x"] = torch.from_numpy(x).to(dev)
+        state["model"] = model
+    model = state["model"].to(dev)  # on CUDA: the weights count in this job's memory, as a session's do
+    xd = torch.from_numpy(x).to(dev)
     params = compile_params(job["method"], spec["batch"], spec["chunk_images"])
-    fn, note, close = harness_peers.make(job["engine"], job["method"], state["model"], state["x"], spec["model"],
-                                         params)
+    fn, note, close = harness_peers.make(job["engine"], job["method"], model, xd, spec["model"], params)
     sync = torch.cuda.synchronize if cuda else None
     try:
         timing = time_calls(fn, spec, sync)
@@ -245,8 +247,9 @@ def torch_job(job: dict, spec: dict, x, state: dict) -> dict:
         res["torch_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
         res["tf32"] = {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32}
     res.update(timing)
-    del fn, rel
+    del fn, rel, xd
     if cuda:
+        model.to("cpu")
         torch.cuda.empty_cache()
     return res
 
@@ -281,7 +284,7 @@ def run(spec: dict) -> None:
     state = {}
     for job in spec["jobs"]:
         head = {k: job.get(k) for k in ("engine", "method", "precision")}
-        if time.time() > spec["deadline"] - spec.get("job_reserve_s", 5):
+        if time.time() > spec["deadline"] - spec["job_reserve_s"]:
             print(json.dumps({**head, "skipped": "budget"}), flush=True)
             continue
         t0 = time.perf_counter()

@@ -136,14 +136,20 @@ def child_env(args) -> dict:
     return env
 
 
-def job_list(args, batch: int) -> list:
-    jobs = [{"engine": "ort", "method": "forward", "precision": "float32"}]
-    for m in args.methods:
+#: Measured first for every model (phase 1), the rest after (phase 2): a budget cut keeps the targets' numbers.
+PRIORITY = ("lrp.epsilon_plus_flat", "lrp.epsilon_gamma_box", "gradient")
+
+
+def job_list(args, batch: int, phase: int = 0) -> list:
+    """Jobs of one model and batch; ``phase`` 1: forward + PRIORITY methods, 2: the others, 0: all."""
+    jobs = [{"engine": "ort", "method": "forward", "precision": "float32"}] if phase in (0, 1) else []
+    methods = [m for m in args.methods if phase == 0 or (m in PRIORITY) == (phase == 1)]
+    for m in methods:
         for p in args.precisions:
             if p == "float32" or m in args.fp16_methods:
                 jobs.append({"engine": "onnxplain", "method": m, "precision": p})
     for peer in args.peers:
-        jobs += [{"engine": peer, "method": m, "precision": "float32"} for m in args.methods if m in PEER_METHODS[peer]]
+        jobs += [{"engine": peer, "method": m, "precision": "float32"} for m in methods if m in PEER_METHODS[peer]]
     return jobs
 
 
@@ -192,7 +198,7 @@ def run_group(run: Run, jobs: list, base: dict, args, deadline: float) -> None:
     cmd = [sys.executable, os.path.join(HERE, "harness_measure.py"), json.dumps(spec)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(args))
     pending = list(jobs)
-    timeout = max(30.0, deadline - time.time() + 30.0)
+    timeout = max(30.0, deadline - time.time() + 20.0)
     killer = _Killer(proc, timeout)
     for line in proc.stdout:
         if not line.startswith("{"):
@@ -251,6 +257,40 @@ def groups(jobs: list, isolate: str) -> list:
     return list(out.values())
 
 
+def run_config(run: Run, args, batch: int, phase: int, model: str, ctx: dict) -> None:
+    """The jobs of one model, batch and phase that the results file does not hold yet."""
+    done, prepared, workdir, deadline = ctx["done"], ctx["prepared"], ctx["workdir"], ctx["deadline"]
+    jobs = [j for j in job_list(args, batch, phase)
+            if (model, batch, j["engine"], j["method"], j["precision"]) not in done]
+    if not jobs:
+        return
+    if time.time() > deadline - 20:
+        for j in jobs:
+            run.add(dict(j, model=model, batch=batch, device=args.device, skipped="budget"))
+        print(f"[{common.now()}] {model} b{batch}: skipped ({len(jobs)} jobs, budget)", flush=True)
+        return
+    if model not in prepared:
+        print(f"[{common.now()}] {model}: export", flush=True)
+        if args.wait_idle:
+            common.wait_idle(args.wait_idle)
+        prepared[model] = run_prepare(model, args, workdir)
+        run.data["meta"].setdefault("models_info", {})[model] = {
+            k: v for k, v in prepared[model].items() if k not in ("path", "state")}
+    info = prepared[model]
+    if "error" in info:
+        for j in jobs:
+            run.add(dict(j, model=model, batch=batch, device=args.device, error=info["error"]))
+        print(f"[{common.now()}] {model}: export failed: {info['error'][-300:]}", flush=True)
+        return
+    base = {"model": model, "batch": batch, "device": args.device, "threads": args.threads,
+            "onnx": info["path"], "state": info["state"], "workdir": workdir, "repeats": args.repeats,
+            "min_repeats": args.min_repeats, "max_job_s": args.max_job_s,
+            "compile_repeats": args.compile_repeats, "chunk_images": args.chunk_images,
+            "job_reserve_s": 15.0 if args.device == "cuda" else 5.0}  # no job starts later than this
+    for group in groups(jobs, args.isolate):
+        run_group(run, group, base, args, deadline)
+
+
 def make_meta(args) -> dict:
     meta = {"date": common.now(), "machine": common.machine(), "git": common.git_state(), "device": args.device,
             "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
@@ -297,36 +337,9 @@ def main(argv=None) -> int:
           f"{args.peers or 'none'} (missing: {args.missing_peers or 'none'}); budget {args.budget_s or 'none'} s",
           flush=True)
     try:
-        for batch in args.batches:
-            for model in args.models:
-                jobs = [j for j in job_list(args, batch) if (model, batch, j["engine"], j["method"], j["precision"])
-                        not in done]
-                if not jobs:
-                    continue
-                if time.time() > deadline - 20:
-                    for j in jobs:
-                        run.add(dict(j, model=model, batch=batch, device=args.device, skipped="budget"))
-                    print(f"[{common.now()}] {model} b{batch}: skipped ({len(jobs)} jobs, budget)", flush=True)
-                    continue
-                if model not in prepared:
-                    print(f"[{common.now()}] {model}: export", flush=True)
-                    if args.wait_idle:
-                        common.wait_idle(args.wait_idle)
-                    prepared[model] = run_prepare(model, args, workdir)
-                    run.data["meta"].setdefault("models_info", {})[model] = {
-                        k: v for k, v in prepared[model].items() if k not in ("path", "state")}
-                info = prepared[model]
-                if "error" in info:
-                    for j in jobs:
-                        run.add(dict(j, model=model, batch=batch, device=args.device, error=info["error"]))
-                    print(f"[{common.now()}] {model}: export failed: {info['error'][-300:]}", flush=True)
-                    continue
-                base = {"model": model, "batch": batch, "device": args.device, "threads": args.threads,
-                        "onnx": info["path"], "state": info["state"], "workdir": workdir, "repeats": args.repeats,
-                        "min_repeats": args.min_repeats, "max_job_s": args.max_job_s,
-                        "compile_repeats": args.compile_repeats, "chunk_images": args.chunk_images}
-                for group in groups(jobs, args.isolate):
-                    run_group(run, group, base, args, deadline)
+        ctx = {"done": done, "prepared": prepared, "workdir": workdir, "deadline": deadline}
+        for batch, phase, model in [(b, p, m) for b in args.batches for p in (1, 2) for m in args.models]:
+            run_config(run, args, batch, phase, model, ctx)
         run.data["meta"]["wall_s"] = time.time() - t_start
         run.data["meta"]["loadavg_end"] = list(os.getloadavg())
         run.save(draw=True)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
-import numpy as np
 import onnx
 
 from .compiler.api import check_model, compile_graph

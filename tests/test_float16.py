@@ -170,3 +170,18 @@ def test_bad_precision_and_cli(tmp_path, cnn):
     t = np.array([1, 2])
     a = run(onnxplain.compile(cnn, "gradient"), {"x": x, "target": t})["gradient/x"]
     assert rel_err(run(m16, {"x": x, "target": t})["gradient/x"], a) < TOL16
+
+
+def test_keep_float32_option_and_idempotent_interface(cnn, x):
+    """``to_float16(..., keep_float32=[op])`` keeps that op in float32: its float inputs are float32."""
+    m32 = onnxplain.compile(cnn, "gradient")
+    m16 = to_float16(m32, keep_float32=["Relu"])
+    inferred = onnx.shape_inference.infer_shapes(m16)
+    types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    relus = [n for n in m16.graph.node if n.op_type == "Relu"]
+    assert relus and all(types[n.input[0]] == TensorProto.FLOAT for n in relus)
+    convs = [n for n in m16.graph.node if n.op_type == "Conv"]
+    assert convs and all(types[n.input[0]] == TensorProto.FLOAT16 for n in convs)
+    t = Reference(cnn).top({"x": x})
+    a = run(m32, {"x": x, "target": t})["gradient/x"]
+    assert rel_err(run(m16, {"x": x, "target": t})["gradient/x"], a) < TOL16

@@ -126,6 +126,9 @@ def main(argv=None) -> int:
         check("gradient: device vs torch float64 autograd", rel(g_dev, g64), 1e-5)
         check("gradient: ORT CPU vs torch float64 autograd", rel(g_cpu, g64), 1e-5)
     runner = CompiledRunner(grad, default)
+    if args.device == "cuda":
+        used = runner.session.get_providers()
+        check("session runs on CUDA (not a silent CPU fallback)", 0.0 if "CUDAExecutionProvider" in used else 1.0, 0.0)
     check("gradient: device, ORT default options (TF32 where on) vs ORT CPU",
           rel(runner.run({"x": x}, target)["gradient/x"], g_cpu), 1e-2)
     report["default_cuda_options"] = runner.session.get_provider_options().get("CUDAExecutionProvider")
