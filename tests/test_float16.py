@@ -127,15 +127,16 @@ def test_float16_close_to_float32(cnn, x, method, params):
 def test_integrated_gradients_float16_vs_float64(cnn, x):
     """IG's Loop: float16 body, float32 accumulator; against float64 central differences."""
     ref = Reference(cnn)
+    x = x[:2]
     target = ref.top({"x": x})
-    m16 = onnxplain.compile(cnn, "integrated_gradients", steps=4, chunk=2, precision="float16")
+    m16 = onnxplain.compile(cnn, "integrated_gradients", steps=2, chunk=1, precision="float16")
     loop = next(n for n in m16.graph.node if n.op_type == "Loop")
     body = loop.attribute[0].g
     assert body.input[2].type.tensor_type.elem_type == TensorProto.FLOAT  # accumulator float32
     assert any(n.op_type == "Cast" for n in body.node)
     out = run(m16, {"x": x, "target": target})["integrated_gradients/x"]
     x64 = x.astype(np.float64)
-    expect = sum(ref.logit_gradient(a * x64, target) for a in (0.25, 0.5, 0.75, 1.0)) / 4 * x64
+    expect = sum(ref.logit_gradient(a * x64, target) for a in (0.5, 1.0)) / 2 * x64
     assert rel_err(out, expect) < TOL16
 
 
