@@ -44,6 +44,11 @@ def test_shares_equal_the_formula_for_boxes_and_masks():
     for i in range(6):
         a = np.abs(maps[i].astype(np.float64)).sum(0)
         assert res_m.share[i] == pytest.approx(a[masks[i]].sum() / a.sum(), rel=1e-12)
+    # one mask for every image broadcasts
+    corner = np.zeros((7, 9), bool)
+    corner[:2, :3] = True
+    np.testing.assert_allclose(inside_share(np.abs(maps.astype(np.float64)).sum(1), corner),
+                               [reference_share(maps[i], [0, 0, 2, 3]) for i in range(6)], rtol=1e-12)
     # [N, H, W] maps: no channel axis
     np.testing.assert_allclose(audit_maps(maps[:, 0], np.zeros(6, int), boxes=boxes).share,
                                [reference_share(maps[i, :1], boxes[i]) for i in range(6)], rtol=1e-12)

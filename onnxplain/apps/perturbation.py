@@ -28,6 +28,10 @@ import numpy as np
 from ..compiler.errors import InputError
 from .evaluation_plots import plot_curves, save_text, write_atomic  # noqa: F401 (public here too)
 
+__all__ = ["ScoreModel", "PerturbationResult", "perturbation_analysis", "compare_methods", "parse_entries",
+           "explain_entries", "random_attribution", "make_fill", "gaussian_blur", "region_shape", "region_ids",
+           "region_scores", "removal_rank", "perturb", "plot_curves", "save_text", "write_atomic"]
+
 FILLS = ("noise", "mean", "zero", "constant", "blur")
 SENSITIVITY_METHODS = ("gradient", "smoothgrad", "vargrad")
 
