@@ -90,6 +90,10 @@ def test_pointer_binding(net):
     got = dict(zip(runner.output_names, outs))["gradient/x"].numpy()
     top = (x.astype(np.float64) @ layers[0][0].T + layers[0][1]).clip(0) @ layers[1][0].T + layers[1][1]
     np.testing.assert_allclose(got, grad64(layers, x, top.argmax(1)), rtol=1e-5, atol=1e-6)
+    t = np.array([4, 0, 2], np.int64)  # the optional `target` input (an overridable initializer) by pointer too
+    feeds["target"] = device.BoundTensor("cpu", 0, np.dtype(np.int64), t.shape, t.ctypes.data, t)
+    got = dict(zip(runner.output_names, device.bind_run(runner.session, feeds)))["gradient/x"].numpy()
+    np.testing.assert_allclose(got, grad64(layers, x, t), rtol=1e-5, atol=1e-6)
 
 
 def test_device_input_checks(net):
