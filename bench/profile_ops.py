@@ -221,6 +221,42 @@ def interleaved(paths: list, batch: int, runs: int, threads: int, cpu: bool = Fa
     return times
 
 
+_PEAK_CODE = """
+import sys, numpy as np, onnxruntime as ort
+def hwm():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM:'):
+            return int(line.split()[1]) / 1024.0
+base = hwm()
+if sys.argv[1] != '-':
+    so = ort.SessionOptions(); so.intra_op_num_threads = int(sys.argv[3]); so.log_severity_level = 3
+    s = ort.InferenceSession(sys.argv[1], so, providers=['CPUExecutionProvider'])
+    x = np.random.default_rng(0).standard_normal((int(sys.argv[2]), 3, 224, 224)).astype(np.float32)
+    for _ in range(2):
+        s.run(None, {s.get_inputs()[0].name: x})
+print(base, hwm())
+"""
+
+
+def peak_rss(path: str, batch: int, threads: int) -> float:
+    """Peak resident set (VmHWM, MiB) of a fresh process that loads ``path`` and runs it twice
+    (``path='-'``: the process with Python, numpy and onnxruntime imported only)."""
+    proc = subprocess.run([sys.executable, "-c", _PEAK_CODE, path, str(batch), str(threads)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    return float(proc.stdout.split()[-1])
+
+
+def markdown_memory(title: str, names: list, peaks: list, baseline: float) -> list:
+    out = [f"Peak RSS ({title}; VmHWM of a fresh process: load, 2 runs; Python + onnxruntime alone: "
+           f"{baseline:.0f} MiB):", "", "| model | peak MiB | / plain | (peak - baseline) / (plain - baseline) |",
+           "|---|---|---|---|"]
+    for name, p in zip(names, peaks):
+        out.append(f"| {name} | {p:.0f} | {p / peaks[0]:.2f} | {(p - baseline) / max(peaks[0] - baseline, 1):.2f} |")
+    return out + [""]
+
+
 def _ms(v: float) -> str:
     return f"{v:.1f}"
 
@@ -258,6 +294,14 @@ def markdown_ab(title: str, names: list, times: list) -> list:
     return out + [""]
 
 
+def _emit(block: list, md_path: str) -> None:
+    """Print a markdown block and append it to ``md_path`` (as soon as it is measured)."""
+    print("\n".join(block), flush=True)
+    if md_path:
+        with open(md_path, "a") as fh:
+            fh.write("\n".join(block) + "\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -275,9 +319,13 @@ def main(argv=None) -> int:
     ap.add_argument("--ab", action="store_true", help="also time plain and compiled models interleaved")
     ap.add_argument("--cpu-time", action="store_true", help="--ab measures CPU time, not wall time (use with "
                     "--threads 1 on a busy machine)")
+    ap.add_argument("--package", default="", help="directory holding the onnxplain package to compile with "
+                    "(default: the one this interpreter imports)")
     ap.add_argument("--baseline", default="", help="directory holding a baseline onnxplain package: each method "
                     "is also compiled with it (tag _base), profiled and timed in the same --ab rounds")
     ap.add_argument("--no-profile", dest="do_profile", action="store_false")
+    ap.add_argument("--memory", action="store_true", help="also the peak RSS of plain and compiled models "
+                    "(fresh process each)")
     ap.add_argument("--top", type=int, default=15, help="rows per table")
     ap.add_argument("--tag", default="", help="suffix of the compiled file names in --workdir")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "onnxplain-profile"))
@@ -295,7 +343,7 @@ def main(argv=None) -> int:
         for method in args.method or ["gradient"]:
             safe = re.sub(r"[^A-Za-z0-9_.-]", "_", method)
             out = os.path.join(args.workdir, f"{arch}_{safe}{args.tag}.onnx")
-            secs = compile_method(original, method, out)
+            secs = compile_method(original, method, out, args.package)
             print(f"compiled {arch} {method} in {secs:.2f} s -> {out}", flush=True)
             extra = []
             if args.baseline:
@@ -315,8 +363,9 @@ def main(argv=None) -> int:
                 plain_cache[original] = profile(original, original, args.batch, args.runs, args.threads)
             res["profile"] = profile(compiled, original, args.batch, args.runs, args.threads)
             res["plain"] = plain_cache[original]
-            md += markdown_profile(title, res["profile"], res["plain"], args.top)
-            print("\n".join(markdown_profile(title, res["profile"], res["plain"], args.top)), flush=True)
+            block = markdown_profile(title, res["profile"], res["plain"], args.top)
+            md += block
+            _emit(block, args.md)
         if args.ab and not title.endswith("(baseline)"):
             paths = [original, compiled] + extra + list(args.compare)
             names = [os.path.basename(p) if i else "plain" for i, p in enumerate(paths)]
@@ -325,14 +374,20 @@ def main(argv=None) -> int:
             block = markdown_ab(f"{title}, batch {args.batch}, {args.threads} threads, {what}", names,
                                 list(res["ab"].values()))
             md += block
-            print("\n".join(block), flush=True)
+            _emit(block, args.md)
+        if args.memory and not title.endswith("(baseline)"):
+            paths = [original, compiled] + extra
+            names = [os.path.basename(p) if i else "plain" for i, p in enumerate(paths)]
+            base_rss = peak_rss("-", args.batch, args.threads)
+            peaks = [peak_rss(p, args.batch, args.threads) for p in paths]
+            res["peak_rss_mib"] = dict(zip(names, peaks), baseline=base_rss)
+            block = markdown_memory(f"{title}, batch {args.batch}", names, peaks, base_rss)
+            md += block
+            _emit(block, args.md)
         results.append(res)
-    if args.md:
-        with open(args.md, "a") as fh:
-            fh.write("\n".join(md) + "\n")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(results, fh, indent=1)
     return 0
 
 
