@@ -6,7 +6,7 @@ A compiled model runs on CUDA when ``onnxruntime-gpu`` is installed (see
 already live on a device are bound by pointer instead (``IOBinding.bind_input``), and the outputs
 are bound to the same device and returned there:
 
-* ``onnxruntime.OrtValue`` (any device): bound as is;
+* ``onnxruntime.OrtValue`` (any device): bound as is; outputs come back as ``OrtValue``;
 * objects exposing ``__cuda_array_interface__`` (PyTorch CUDA tensors, CuPy, Numba): bound by
   their data pointer, no copy; outputs come back as PyTorch tensors when the inputs were PyTorch
   tensors, else as :class:`DeviceArray` (which exposes ``__cuda_array_interface__`` itself, so
@@ -232,17 +232,18 @@ class DeviceArray:
 
 
 def wrap_outputs(values: list, like, device: tuple) -> list:
-    """Outputs in the caller's currency: torch tensors for torch inputs, else OrtValue / DeviceArray.
+    """Outputs in the caller's currency (``like``: the first device-resident input).
 
-    CPU outputs of CPU ``OrtValue`` inputs stay ``OrtValue``; CUDA outputs are :class:`DeviceArray`
-    (or ``torch.Tensor`` views of them when ``like`` is a torch tensor).
+    ``OrtValue`` inputs (and any CPU outputs) give ``OrtValue`` outputs; PyTorch CUDA tensors give
+    ``torch.Tensor`` views of the outputs (no copy); other GPU arrays (CuPy, Numba, DLPack producers)
+    give :class:`DeviceArray` (``__cuda_array_interface__``, no copy).
     """
     import onnxruntime as ort
 
-    if device[0] != "cuda":
+    if device[0] != "cuda" or like is None or isinstance(like, ort.OrtValue):
         return list(values)
     arrays = [DeviceArray(v, device[1]) for v in values]
-    if like is not None and not isinstance(like, ort.OrtValue) and _library(like) == "torch":
+    if _library(like) == "torch":
         torch = sys.modules["torch"]
         return [torch.as_tensor(a, device=f"cuda:{device[1]}") for a in arrays]
     return arrays

@@ -176,8 +176,8 @@ class CompiledRunner:
         NumPy inputs give NumPy outputs (``InferenceSession.run``; on CUDA, ONNX Runtime copies them).
         Device-resident inputs (``OrtValue``, PyTorch CUDA tensors, CuPy arrays, anything with
         ``__cuda_array_interface__``) are bound by pointer (IO binding, no copy) and the outputs stay
-        on that device: ``OrtValue`` for CPU ``OrtValue`` inputs, :class:`~.device.DeviceArray` for
-        GPU inputs, or ``torch.Tensor`` when the inputs were torch tensors. Device inputs are checked
+        on that device: ``OrtValue`` for ``OrtValue`` inputs, ``torch.Tensor`` for torch inputs,
+        :class:`~.device.DeviceArray` for other GPU arrays (CuPy, ...). Device inputs are checked
         for shape and dtype (which must match the model's, no conversion on the device), not for
         NaN/Inf (that would need a copy to the host).
         """

@@ -150,3 +150,17 @@ def test_package_does_not_import_torch():
     import os
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_wrap_outputs_currency():
+    """OrtValue inputs -> OrtValues; other GPU arrays -> DeviceArray views of the same buffers."""
+    vals = [ort.OrtValue.ortvalue_from_numpy(np.arange(4, dtype=np.float32).reshape(2, 2))]
+
+    class FakeCupy:
+        __cuda_array_interface__ = {"shape": (2, 2), "typestr": "<f4", "data": (1, False), "version": 2}
+
+    assert device.wrap_outputs(vals, vals[0], ("cuda", 0))[0] is vals[0]
+    assert device.wrap_outputs(vals, None, ("cpu", 0))[0] is vals[0]
+    wrapped = device.wrap_outputs(vals, FakeCupy(), ("cuda", 1))[0]
+    assert isinstance(wrapped, device.DeviceArray) and wrapped.device_id == 1
+    assert wrapped.__cuda_array_interface__["data"][0] == vals[0].data_ptr() and wrapped.shape == (2, 2)

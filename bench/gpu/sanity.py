@@ -142,10 +142,15 @@ def main(argv=None) -> int:
         from onnxplain.runtime.device import DeviceArray
 
         ov = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
-        arr = runner.run({"x": ov}, target)["gradient/x"]
+        res = runner.run({"x": ov}, target)["gradient/x"]
+        check("IO binding: OrtValue in, OrtValue on CUDA out",
+              0.0 if isinstance(res, ort.OrtValue) and res.device_name().lower() == "cuda" else 1.0, 0.0)
+        arr = DeviceArray(res)
         view = torch.as_tensor(arr, device="cuda")
         check("IO binding: DeviceArray shared with torch (no copy)",
-              0.0 if isinstance(arr, DeviceArray) and view.data_ptr() == arr.ortvalue.data_ptr() else 1.0, 0.0)
+              0.0 if view.data_ptr() == res.data_ptr() else 1.0, 0.0)
+        check("IO binding: OrtValue path vs NumPy path", rel(view.cpu().numpy(), runner.run({"x": x}, target)["gradient/x"]),
+              1e-6)
     report["methods"] = {}
     for method, params in METHODS.items():
         m32 = onnxplain.compile(model, method, **params)
