@@ -116,3 +116,29 @@ def test_explain_rejects_missing_data(tmp_path, capsys):
     code = main(["explain", "--data", str(tmp_path / "nothing"), "-o", str(tmp_path / "g.png")])
     assert code == 2 and "no such file" in capsys.readouterr().err
     assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize("method", ["gradient", "occlusion"])
+def test_explain_rejects_wrong_shape_arrays(tmp_path, capsys, method):
+    from onnxplain import bundled
+
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((2, 3, 10, 10), np.float32))
+    out = tmp_path / "g.png"
+    code = main(["explain", bundled.path("mnist_cnn.onnx"), str(bad), "-m", method, "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "expected shape [?, 1, 28, 28]" in err and "(2, 3, 10, 10)" in err
+    assert not any(tmp_path.glob("g*"))
+
+
+def test_every_option_of_every_command_has_help():
+    import argparse
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"compile", "check", "methods", "explain", "analyse", "compare-models", "sweep", "perturb", "audit",
+            "fit-patterns"} <= set(sub.choices)
+    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, p in sub.choices.items()
+               for a in p._actions if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
+    assert missing == []

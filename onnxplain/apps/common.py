@@ -144,11 +144,16 @@ class Scorer:
             model.graph.output.append(onnx.helper.make_tensor_value_info(self.logit_name, onnx.TensorProto.FLOAT,
                                                                          None))
         self.session = make_session(model, ["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        first = self.session.get_inputs()[0]
+        self.input_name = first.name
+        self.input_shape = [d if isinstance(d, int) else None for d in first.shape]
 
     def __call__(self, x: np.ndarray) -> tuple:
-        """``(logits, probs)``, float64 ``[N, K]``."""
-        logits = self.session.run([self.logit_name], {self.input_name: np.asarray(x, np.float32)})[0]
+        """``(logits, probs)``, float64 ``[N, K]``; an input of the wrong shape is an :class:`InputError`."""
+        from ..runtime.session import check_array
+
+        x = check_array(self.input_name, x, self.input_shape, np.float32)
+        logits = self.session.run([self.logit_name], {self.input_name: x})[0]
         logits = np.asarray(logits, np.float64).reshape(len(x), -1)
         return logits, softmax(logits)
 
