@@ -302,7 +302,7 @@ def _emit(block: list, md_path: str) -> None:
             fh.write("\n".join(block) + "\n")
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", action="append", default=[], help="torchvision architecture (repeatable; "
@@ -331,7 +331,11 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "onnxplain-profile"))
     ap.add_argument("--md", help="append the tables to this markdown file")
     ap.add_argument("--json", help="write everything to this JSON file")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _jobs(args, ap) -> list:
+    """``(title, original, compiled, extra compiled files to time with it)`` for each requested model."""
     os.makedirs(args.workdir, exist_ok=True)
     jobs = []  # (title, original, compiled)
     if args.model:
@@ -355,7 +359,12 @@ def main(argv=None) -> int:
             jobs.append((f"{arch} {method}", original, out, extra))
     if not jobs:
         ap.error("give --arch (with --method) or --model")
-    md, results, plain_cache = [], [], {}
+    return jobs
+
+
+def _run(args, jobs: list) -> None:
+    """Profile, time and measure each job; write markdown/JSON as each finishes."""
+    results, plain_cache = [], {}
     for title, original, compiled, extra in jobs:
         res = {"title": title, "compiled": compiled}
         if args.do_profile:
@@ -364,7 +373,6 @@ def main(argv=None) -> int:
             res["profile"] = profile(compiled, original, args.batch, args.runs, args.threads)
             res["plain"] = plain_cache[original]
             block = markdown_profile(title, res["profile"], res["plain"], args.top)
-            md += block
             _emit(block, args.md)
         if args.ab and not title.endswith("(baseline)"):
             paths = [original, compiled] + extra + list(args.compare)
@@ -373,7 +381,6 @@ def main(argv=None) -> int:
             what = "CPU time" if args.cpu_time else "wall clock"
             block = markdown_ab(f"{title}, batch {args.batch}, {args.threads} threads, {what}", names,
                                 list(res["ab"].values()))
-            md += block
             _emit(block, args.md)
         if args.memory and not title.endswith("(baseline)"):
             paths = [original, compiled] + extra
@@ -382,12 +389,19 @@ def main(argv=None) -> int:
             peaks = [peak_rss(p, args.batch, args.threads) for p in paths]
             res["peak_rss_mib"] = dict(zip(names, peaks), baseline=base_rss)
             block = markdown_memory(f"{title}, batch {args.batch}", names, peaks, base_rss)
-            md += block
             _emit(block, args.md)
         results.append(res)
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(results, fh, indent=1)
+
+
+
+
+def main(argv=None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    _run(args, _jobs(args, ap))
     return 0
 
 
