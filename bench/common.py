@@ -253,7 +253,8 @@ def git_state() -> str:
     except OSError:
         return "?"
     dirty = [ln[3:] for ln in dirty if ln.strip()]
-    return (head or "?") + (f" + uncommitted changes in {', '.join(dirty)}" if dirty else "")
+    more = f" and {len(dirty) - 8} more files" if len(dirty) > 8 else ""
+    return (head or "?") + (f" + uncommitted changes in {', '.join(dirty[:8])}{more}" if dirty else "")
 
 
 def machine() -> str:

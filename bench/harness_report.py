@@ -53,7 +53,7 @@ def targets(data: dict) -> list:
         for method in ("gradient",) + COMPOSITES:
             o = _med(idx.get((model, tb, "onnxplain", method, "float32")))
             limit = (2.5 if method == "gradient" else 3.5) if dev == "cpu" else (None if method == "gradient" else 3.0)
-            if limit is not None and (o or fwd):
+            if limit is not None and o:
                 rows.append((f"{method} ≤ {limit}× ORT forward", model, tb, verdict(_ratio(o, fwd), limit)))
         for method, peer, limit in ((COMPOSITES[0], "zennit", 3.0), (COMPOSITES[1], "zennit", 6.0 if dev == "cpu" else 3.0),
                                     ("integrated_gradients", "captum", 1.5)):
@@ -61,7 +61,7 @@ def targets(data: dict) -> list:
                 continue
             o = _med(idx.get((model, tb, "onnxplain", method, "float32")))
             z = _med(idx.get((model, tb, peer, method, "float32")))
-            if o or z:
+            if o and z:
                 rows.append((f"{method}: {peer} / onnxplain ≥ {limit}", model, tb, verdict(_ratio(z, o), limit, True)))
         comp = [r.get("compile_s") for k, r in idx.items() if k[0] == model and k[2] == "onnxplain" and "compile_s" in r]
         if model == "resnet50" and comp:
@@ -93,6 +93,11 @@ def markdown(data: dict) -> str:
            f"per {meta.get('isolate')}; budget {meta.get('budget_s') or 'none'} s; wall time "
            f"{fmt(meta.get('wall_s'), '.0f')} s; load average at start/end {meta.get('loadavg_start')} / "
            f"{meta.get('loadavg_end')}.", ""]
+    if meta.get("note"):
+        out += [f"**Note:** {meta['note']}", ""]
+    if len(meta.get("runs", [])) > 1:
+        out += ["Results merged from several invocations (`--resume`): " + "; ".join(
+            f"{r.get('date')} `{r.get('command')}`" for r in meta["runs"]) + ".", ""]
     if meta.get("missing_peers"):
         out += [f"Peers not installed (left out): {', '.join(meta['missing_peers'])}.", ""]
     rows = targets(data)

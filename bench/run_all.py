@@ -78,6 +78,7 @@ def parse_args(argv=None):
                     help="keep the results already in the JSON and run only the jobs missing there")
     ap.add_argument("--workdir", help="exported models (default: a temporary directory, removed at the end)")
     ap.add_argument("--from-json", action="store_true", help="only rewrite the .md and .png from the .json")
+    ap.add_argument("--note", help="a remark printed under the report's header (e.g. machine load); kept on --resume")
     ap.add_argument("--prepare-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     d = DEFAULTS[args.device]
@@ -320,6 +321,8 @@ def main(argv=None) -> int:
         print(json.dumps(prepare_child(json.loads(args.prepare_child))), flush=True)
         return 0
     run = Run(args)
+    if args.note:
+        run.data["meta"]["note"] = args.note
     if args.from_json:
         run.save(draw=True)
         print(f"wrote {run.paths['md']} and {run.paths['png']}")
@@ -328,7 +331,10 @@ def main(argv=None) -> int:
     deadline = t_start + args.budget_s if args.budget_s > 0 else t_start + 30 * 24 * 3600
     meta = make_meta(args)
     runs = run.data["meta"].get("runs", []) if args.resume else []
+    note = args.note or (run.data["meta"].get("note") if args.resume else None)
     run.data["meta"] = dict(meta, runs=runs + [{k: meta[k] for k in ("date", "command", "git", "machine")}])
+    if note:
+        run.data["meta"]["note"] = note
     run.save()
     workdir = args.workdir or tempfile.mkdtemp(prefix="onnxplain-run-all-")
     os.makedirs(workdir, exist_ok=True)
