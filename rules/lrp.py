@@ -446,6 +446,10 @@ class _Layer:
 
     def transpose(self, ctx: Ctx, s: str, w_how: str, rule: LinearRule) -> str:
         """The exact VJP of ``layer(.; W_mod)`` applied to ``s`` (the op's backward adapter)."""
+        if w_how == "ones":
+            flat = self._transpose_ones(ctx, s)
+            if flat is not None:
+                return flat
         wm, _ = self._params(ctx, w_how, "none", rule)
         if self.node.op_type == "BatchNormalization":
             return ctx.b.op("Mul", s, wm)
@@ -453,6 +457,23 @@ class _Layer:
         needs = [i == self.data for i in range(len(c.input))]
         sub = Ctx(ctx.b, ctx.g, needs)
         return VJP[c.op_type](sub, c, [s])[self.data]
+
+
+    def _transpose_ones(self, ctx: Ctx, s: str) -> Optional[str]:
+        """A Conv's transpose with unit weights, ``sum_o conv^T(s_o, 1)``, as the transpose of a 1-channel
+        unit kernel applied to ``sum_o s_o`` and broadcast to every input channel (Cout times fewer
+        operations; ungrouped Conv with static shapes, else None)."""
+        node, b = self.node, ctx.b
+        wshape, xshape = ctx.g.shape(node.input[self.weight]), ctx.g.shape(self.x())
+        if node.op_type != "Conv" or node_attr(node, "group", 1) != 1 or wshape is None or xshape is None or \
+                not all(isinstance(d, int) for d in list(wshape) + list(xshape[1:])):
+            return None
+        dt = helper.tensor_dtype_to_np_dtype(ctx.g.dtype(self.x()))
+        ones = b.const(np.ones([1, 1] + list(wshape[2:]), dt))
+        c = self._copy(self.x(), ones, None)
+        summed = b.reduce("ReduceSum", s, [1], keepdims=1)
+        one = VJP["Conv"](Ctx(b, ctx.g, [True] + [False] * (len(c.input) - 1)), c, [summed])[0]
+        return b.op("Expand", one, b.shape_of(self.x()))
 
 
 def _bn_affine(ctx: Ctx, node, w_how: str, b_how: str, gamma: float) -> tuple:
