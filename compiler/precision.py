@@ -23,6 +23,13 @@
     carried across ``Loop`` iterations);
   - ``ScatterElements``/``ScatterND`` (the max-pool backward sums with ``reduction="add"``, which
     ONNX Runtime's CPU provider has no float16 kernel for);
+  - constants that float16 cannot hold, and the nodes reading them: a finite value beyond float16's
+    range (65504; it would become ``inf``, and ``inf * 0 = NaN``), or a small constant (at most
+    :data:`SMALL_CONSTANT` values: stabilisers, slopes, thresholds) with a nonzero value below float16's
+    smallest normal 2^-14 (it would lose its relative precision or vanish); likewise nodes with a float
+    attribute beyond float16's range (e.g. a ``HardSigmoid``/``LeakyRelu`` slope: CUDA's float16 kernels
+    compute ``(half) alpha * x``). Weight tensors keep float16 whatever their small values (ordinary
+    float16 rounding);
   - ``Loop``/``If``/``Scan`` interfaces (carried values, e.g. the IG/SmoothGrad accumulators, are
     float32; the body's heavy ops are converted like the main graph's).
 
@@ -64,6 +71,9 @@ FLOAT32_OPS = frozenset({
 #: Elementwise ops followed backward from a denominator (they are kept float32 with the ``Div``).
 _DENOMINATOR_CHAIN = frozenset({"Add", "Sub", "Mul", "Where", "Abs", "Neg", "Sign", "Max", "Min", "Clip",
                                 "Identity", "Relu", "Expand", "Reshape"})
+#: Constants with at most this many values must keep every nonzero value in float16's normal range.
+SMALL_CONSTANT = 16
+_F16_TINY = 2.0 ** -14  # smallest normal float16
 #: Ops that read only their input's shape: no cast for them.
 _SHAPE_ONLY = frozenset({"Shape", "Size"})
 
@@ -77,6 +87,7 @@ class _Scope:
         self.consts = {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT}
         self.consts |= {n.output[0] for n in graph.node if n.op_type == "Constant"
                         and types.get(n.output[0]) == TensorProto.FLOAT}
+        self.unsafe = _unsafe_constants(graph, self.consts)  # constants float16 cannot hold
         self.modes = {}       # node index -> F16/F32
         self.demand = {}      # constant name -> set of precisions its readers need
         self.casts = {}       # (tensor, precision) -> name of the cast tensor
@@ -210,8 +221,45 @@ def _analyse(scope: _Scope, fp32_ops) -> None:
             scope.children[id(sub)] = inner
 
 
+def _fits_float16(values, small: bool) -> bool:
+    """Whether float16 holds ``values``: no finite value overflows; if ``small``, no nonzero value is subnormal."""
+    a = np.asarray(values, np.float64).ravel()
+    a = a[np.isfinite(a)]
+    with np.errstate(over="ignore"):
+        over = not np.isfinite(a.astype(np.float16)).all()  # beyond 65504 (and its rounding half-ulp)
+    if over:
+        return False
+    return not (small and ((a != 0) & (np.abs(a) < _F16_TINY)).any())
+
+
+def _unsafe_constants(graph, consts: set) -> set:
+    """Float32 constants of ``graph`` (initializers, ``Constant`` nodes) whose values float16 cannot hold."""
+    bad = set()
+    for t in graph.initializer:
+        if t.name in consts:
+            arr = numpy_helper.to_array(t)
+            bad |= set() if _fits_float16(arr, arr.size <= SMALL_CONSTANT) else {t.name}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.output[0] in consts and n.attribute:
+            val = helper.get_attribute_value(n.attribute[0])
+            arr = numpy_helper.to_array(val) if isinstance(val, TensorProto) else np.asarray(val, np.float64)
+            bad |= set() if _fits_float16(arr, arr.size <= SMALL_CONSTANT) else {n.output[0]}
+    return bad
+
+
+def _needs_float32(scope: _Scope, n, fins: list) -> bool:
+    """A node reading a constant float16 cannot hold, or with a float attribute beyond float16's range."""
+    for x in fins:
+        owner = scope.owner(x)
+        if owner is not None and x in owner.unsafe:
+            return True
+    floats = [v for a in n.attribute if a.type in (onnx.AttributeProto.FLOAT, onnx.AttributeProto.FLOATS)
+              for v in ([a.f] if a.type == onnx.AttributeProto.FLOAT else list(a.floats))]
+    return n.op_type != "Constant" and not _fits_float16(floats, False)
+
+
 def _mode(scope: _Scope, idx: int, n, fins: list, chain: set, fp32_ops) -> str:
-    if _subgraphs(n) or n.op_type in fp32_ops or idx in chain:
+    if _subgraphs(n) or n.op_type in fp32_ops or idx in chain or _needs_float32(scope, n, fins):
         return F32
     if n.op_type in FLOAT16_OPS:
         return F16

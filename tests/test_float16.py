@@ -14,13 +14,15 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
 
 import onnxplain
 from nets import mlp, small_cnn
 from onnxplain.compiler.errors import CompileError
 from onnxplain.compiler.precision import to_float16
-from reference import Reference, rel_err, rng, run
+from reference import Reference, make_model, rel_err, rng, run
 
 TOL16 = 1e-2
 
@@ -186,3 +188,94 @@ def test_keep_float32_option_and_idempotent_interface(cnn, x):
     t = Reference(cnn).top({"x": x})
     a = run(m32, {"x": x, "target": t})["gradient/x"]
     assert rel_err(run(m16, {"x": x, "target": t})["gradient/x"], a) < TOL16
+
+
+class OneHot(OpRun):  # the class name is the op type it replaces
+    """``OneHot`` for ``onnx.reference`` with a one-element ``depth`` tensor (NumPy 2 rejects it there)."""
+
+    def _run(self, indices, depth, values, axis=None):
+        d = int(np.asarray(depth).reshape(-1)[0])
+        hit = np.arange(d) == np.where(indices < 0, indices + d, indices)[..., None]
+        y = np.where(hit, values[1], values[0]).astype(values.dtype)
+        return (np.moveaxis(y, -1, -1 if axis is None else axis),)
+
+
+def _reference_float16(model, feeds):
+    """Evaluate ``model`` with ``onnx.reference`` (NumPy arithmetic in each tensor's own type: float16 nodes
+    compute and round in float16, unlike ONNX Runtime's CPU provider, which computes most float16 kernels in
+    float32); returns every float node output, intermediate ones included."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    known = {o.name for o in m.graph.output}
+    for n in model.graph.node:
+        m.graph.output.extend(onnx.ValueInfoProto(name=o) for o in n.output if o and o not in known)
+    with np.errstate(over="ignore"):  # a float32 HardSigmoid slope times a large input saturates to 1 by design
+        outs = ReferenceEvaluator(m, new_ops=[OneHot]).run(None, feeds)
+    return {o.name: v for o, v in zip(m.graph.output, outs) if np.issubdtype(np.asarray(v).dtype, np.floating)}
+
+
+def test_gradient_family_true_float16_arithmetic(cnn):
+    """Float16 NaN on CUDA (bench/results/h200): not a float16 overflow of the graph's arithmetic. Evaluated node by
+    node in float16 (sanity.py's input and seed), every intermediate is finite and the maps match float64."""
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    ref = Reference(cnn)
+    target = ref.top({"x": x})
+    m16 = onnxplain.compile(cnn, "gradient", precision="float16")
+    vals = _reference_float16(m16, {"x": x, "target": target})
+    assert sum(v.dtype == np.float16 for v in vals.values()) >= 15  # really float16 arithmetic
+    assert all(np.isfinite(v).all() for v in vals.values())
+    assert rel_err(vals["gradient/x"], ref.logit_gradient(x.astype(np.float64), target)) < TOL16
+    gbp = onnxplain.compile(cnn, "guided_backprop", precision="float16")
+    vals = _reference_float16(gbp, {"x": x, "target": target})
+    assert all(np.isfinite(v).all() for v in vals.values())
+    a = run(onnxplain.compile(cnn, "guided_backprop"), {"x": x, "target": target})["guided_backprop/x"]
+    assert rel_err(vals["guided_backprop/x"], a) < TOL16
+
+
+def _mask_model(w_mask: float, alpha: float):
+    """Conv-Relu, then the ReLU mask as a depthwise 1x1 ``Conv`` (weight ``w_mask``) and ``HardSigmoid(alpha)``,
+    applied to ``g``: ``g * [y > 0]`` for ``y >= 1 / (w_mask alpha)`` (a variant of the mask tried for speed,
+    docs/speed.md; its weight and slope lie beyond float16's range)."""
+    r = rng(7)
+    inits = {"w": (r.standard_normal((3, 3, 3, 3)) / 3).astype(np.float32),
+             "wm": np.full((3, 1, 1, 1), w_mask, np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["z"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["z"], ["y"]),
+             helper.make_node("Conv", ["y", "wm"], ["s"], group=3),
+             helper.make_node("HardSigmoid", ["s"], ["mask"], alpha=alpha, beta=0.0),
+             helper.make_node("Mul", ["g", "mask"], ["out"])]
+    return make_model(nodes, [("x", [2, 3, 5, 5]), ("g", [2, 3, 5, 5])], [("out", [2, 3, 5, 5]), ("y", [2, 3, 5, 5])],
+                      inits)
+
+
+def test_constants_beyond_float16_range_stay_float32():
+    """A float32 weight/slope beyond 65504 became inf in float16 and ``inf * 0 = NaN`` at every dead ReLU unit: the
+    float16 maps of the gradient family were NaN on the H200 run (bench/results/h200, a working tree with the mask
+    above). Such constants and their readers now stay float32; evaluated in true float16 arithmetic the masked
+    product is exact (``g * [y > 0]`` from the graph's own float16 ``y``)."""
+    m16 = to_float16(_mask_model(2.0 ** 70, 2.0 ** 72))
+    x = rng(8).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    g = rng(9).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    vals = _reference_float16(m16, {"x": x, "g": g})
+    assert vals["z"].dtype == vals["y/float16"].dtype == np.float16  # the Conv-Relu really ran in float16
+    assert (vals["y"] == 0).sum() > 10  # dead units: where the float16 weight was inf * 0
+    y = vals["y"].astype(np.float64)
+    assert np.isfinite(vals["out"]).all()
+    np.testing.assert_array_equal(vals["out"], g * (y > 0))
+    inits = {t.name: t.data_type for t in m16.graph.initializer}
+    assert inits["wm"] == TensorProto.FLOAT and inits["w"] == TensorProto.FLOAT16
+
+
+def test_small_constants_below_float16_normal_range_stay_float32():
+    """A scalar 1e-7 is subnormal in float16 (1.19e-7: 19% off): the node reading it stays float32."""
+    r = rng(10)
+    w = (r.standard_normal((2, 3, 3, 3)) / 3).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["z"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["z", "c"], ["out"])]
+    model = make_model(nodes, [("x", [1, 3, 4, 4])], [("out", [1, 2, 4, 4])], {"w": w, "c": np.float32(1e-7)})
+    x = r.standard_normal((1, 3, 4, 4)).astype(np.float32)
+    out = _reference_float16(to_float16(model), {"x": x})["out"]
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    z = np.einsum("nchwij,ocij->nohw", np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3)),
+                  w.astype(np.float64))
+    assert rel_err(out, z * 1e-7) < TOL16
