@@ -11,10 +11,15 @@
 #    first (then 8, 1), VGG16, ResNet-50, EfficientNet-Lite0, MobileNetV2, ORT forward + 8 methods
 #    (+ float16 for 3), Zennit and Captum on the same GPU; results written after every job;
 # 4. copies JSON, Markdown, PNG and the log into $OUT (<= 8 files).
+# Optional, between 2 and 3: PROFILE=1 runs bench/gpu/profile_cuda.py (ResNet-50 batch 64: where the GPU time
+# of gradient and lrp.epsilon_plus_flat goes, ORT node profile + CUPTI kernels, cuDNN/NHWC/CUDA-graph variants;
+# ~90 s of jobs plus the export; writes profile_cuda.{json,md}); PROFILE=only runs it and skips the harness.
 #
 # Variables: OUT (required), TOTAL_S (wall-clock budget of this script, default 300; it may overrun by ~40 s), DEVICE (cuda; "cpu"
 # for a dry run without a GPU), PY (python3), SITE (/tmp/site), ORTGPU (/tmp/ortgpu; absent: keep the
-# installed onnxruntime), BENCH_ARGS (extra run_all.py arguments, e.g. "--models resnet50 --batches 8").
+# installed onnxruntime), BENCH_ARGS (extra run_all.py arguments, e.g. "--models resnet50 --batches 8"),
+# PROFILE (unset/0, 1 or only), PROFILE_ARGS (extra profile_cuda.py arguments, e.g. "--budget-s 60"),
+# PROFILE_S (its timeout, default 240).
 set -u
 : "${OUT:?set OUT to an output folder}"
 TOTAL_S=${TOTAL_S:-300}
@@ -23,6 +28,9 @@ PY=${PY:-python3}
 SITE=${SITE:-/tmp/site}
 ORTGPU=${ORTGPU:-/tmp/ortgpu}
 BENCH_ARGS=${BENCH_ARGS:-}
+PROFILE=${PROFILE:-0}
+PROFILE_ARGS=${PROFILE_ARGS:-}
+PROFILE_S=${PROFILE_S:-240}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 LOG="$OUT/device_run.log"
@@ -70,6 +78,18 @@ echo "== install done at $(elapsed) s"
 # ---- 2. sanity --------------------------------------------------------------------------------------
 timeout 120 $PY bench/gpu/sanity.py --device "$DEVICE" --out "$OUT" || echo "!! sanity checks failed or timed out (see above)"
 echo "== sanity done at $(elapsed) s"
+
+# ---- 2b. optional CUDA profile (PROFILE=1 or only) ---------------------------------------------------
+if [ "$PROFILE" != "0" ]; then
+  timeout "$PROFILE_S" $PY bench/gpu/profile_cuda.py --device "$DEVICE" --out "$OUT" $PROFILE_ARGS \
+    || echo "!! profile_cuda.py failed or timed out (partial profile_cuda.json/.md kept)"
+  echo "== profile done at $(elapsed) s"
+fi
+if [ "$PROFILE" = "only" ]; then
+  ls -la "$OUT"
+  echo "== $(date -u +%FT%TZ) device_run.sh finished (PROFILE=only) in $(elapsed) s"
+  exit 0
+fi
 
 # ---- 3. benchmark harness ---------------------------------------------------------------------------
 LEFT=$(( TOTAL_S - $(elapsed) - 25 ))
