@@ -136,7 +136,8 @@ class Bound:
             self.run()
             self.specs = {n: (tuple(v.shape()), v.numpy().dtype) for n, v in
                           zip(self.names, self.binding.get_outputs())}
-        self.outs = {n: ort.OrtValue.ortvalue_from_shape_and_type(s, d, self.dev, 0) for n, (s, d) in self.specs.items()}
+        self.outs = {n: ort.OrtValue.ortvalue_from_shape_and_type(s, d, self.dev, 0)
+                     for n, (s, d) in self.specs.items()}
         self.binding.clear_binding_outputs()
         for n in self.names:
             self.binding.bind_ortvalue_output(n, self.outs[n])
@@ -149,7 +150,8 @@ class Bound:
         return time.perf_counter() - t0
 
     def finite(self) -> bool:
-        return all(bool(np.isfinite(v.numpy()).all()) for v in self.outs.values() if v.numpy().dtype.kind == "f")
+        host = [v.numpy() for v in self.outs.values()]
+        return all(bool(np.isfinite(a).all()) for a in host if a.dtype.kind == "f")
 
 
 def cupti_profile(fn, repeats: int):
@@ -323,6 +325,11 @@ def jobs(args) -> list:
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.device == "cuda":
+        try:  # PyTorch first, as in sanity.py (its CUDA/cuDNN libraries; CUPTI through torch.profiler)
+            import torch  # noqa: F401
+        except ImportError:
+            pass
     import onnxruntime as ort
 
     if args.device == "cuda" and hasattr(ort, "preload_dlls"):
@@ -395,8 +402,8 @@ def markdown(report: dict) -> str:
              "'no prof.': the same session options without the profiler. Node host time: ORT's profiler "
              "(on CUDA: kernel launch time plus synchronous work), mean per run. GPU busy: sum of the CUDA "
              "kernels per run (CUPTI via torch.profiler). Gap = mean wall - node host time; idle = wall - GPU busy.",
-             "", "| subject | variant | session s | wall ms | no prof. ms | node host ms | gap ms | GPU busy ms | idle ms"
-             " | Memcpy n (ms) | nodes CUDA/CPU | finite |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "", "| subject | variant | session s | wall ms | no prof. ms | node host ms | gap ms | GPU busy ms"
+             " | idle ms | Memcpy n (ms) | nodes CUDA/CPU | finite |", "|---" * 12 + "|"]
     for r in report["jobs"]:
         if "wall_ms" not in r:
             lines.append(f"| {r['subject']} | {r['variant']} | {r.get('error') or r.get('skipped')} ||||||||||")
