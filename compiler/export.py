@@ -74,19 +74,35 @@ def default_mode() -> int:
     return 0o666 & ~mask
 
 
-def save_atomic(model: onnx.ModelProto, path: str) -> None:
-    """Write ``model`` to ``path`` through a temporary file and a rename: complete or absent."""
+def atomic_write(path, write, binary: bool = True) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``: complete or absent.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The destination.
+    write : callable, str or bytes
+        Receives the open temporary file; a str/bytes is written as is.
+    binary : bool
+        Open the temporary file in binary mode.
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".onnxplain-", suffix=".onnx.part", dir=folder)
-    os.close(fd)
+    fd, tmp = tempfile.mkstemp(prefix=".onnxplain-", suffix=".part", dir=folder)
     try:
-        data = model.SerializeToString()
-        with open(tmp, "wb") as fh:
-            fh.write(data)
+        with os.fdopen(fd, "wb" if binary else "w") as fh:
+            if callable(write):
+                write(fh)
+            else:
+                fh.write(write)
         os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_atomic(model: onnx.ModelProto, path: str) -> None:
+    """Write ``model`` to ``path`` through a temporary file and a rename: complete or absent."""
+    atomic_write(path, model.SerializeToString())

@@ -205,22 +205,10 @@ class PatternSet(Mapping):
 
 def save_patterns(patterns: PatternSet, path) -> None:
     """Write ``patterns`` to ``path`` (.npz) through a temporary file and a rename."""
-    import tempfile
+    from ..compiler.export import atomic_write
 
-    from ..compiler.export import default_mode
-
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".onnxplain-", suffix=".npz.part", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **{META_KEY: np.array(json.dumps(patterns.meta, sort_keys=True))}, **patterns.arrays)
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: np.savez(fh, **{META_KEY: np.array(json.dumps(patterns.meta, sort_keys=True))},
+                                           **patterns.arrays))
 
 
 def load_patterns(value, where: str = "patterns") -> PatternSet:

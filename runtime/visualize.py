@@ -24,8 +24,6 @@ not wash out the rest. ``percentile=100`` is the plain maximum.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
@@ -494,31 +492,8 @@ def save_png(image, path: str) -> None:
 
 
 def atomic_write(path: str, write, binary: bool = True) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``.
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it (see
+    :func:`onnxplain.compiler.export.atomic_write`)."""
+    from ..compiler.export import atomic_write as _atomic_write
 
-    Parameters
-    ----------
-    path : str
-        The destination.
-    write : callable
-        Receives the open temporary file (or a str/bytes to write as is).
-    binary : bool
-        Open the temporary file in binary mode.
-    """
-    from ..compiler.export import default_mode
-
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".onnxplain-", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as fh:
-            if callable(write):
-                write(fh)
-            else:
-                fh.write(write)
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _atomic_write(path, write, binary)

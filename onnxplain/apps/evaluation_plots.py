@@ -99,22 +99,9 @@ def save_text(text: str, path: str) -> None:
 
 def write_atomic(path: str, write, binary: bool = False) -> None:
     """Call ``write(file)`` on a temporary file next to ``path``, then rename it: complete or absent."""
-    import os
-    import tempfile
+    from ..compiler.export import atomic_write
 
-    from ..compiler.export import default_mode
-
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".onnxplain-", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as fh:
-            write(fh)
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, write, binary)
 
 
 BOX_COLOR = (0, 170, 0)
