@@ -29,17 +29,28 @@ def explained_tensor(g: Graph, output: str, strip_softmax: bool) -> tuple:
     if not g.is_float(output):
         raise CompileError([Problem(g.source, None, None, f"output '{output}' is not a float tensor",
                                     f"choose a float output among {names}")])
-    t, note = output, "output"
     if strip_softmax:
-        prod = g.producers()
-        n = prod.get(t)
-        while n is not None and n.op_type in ("Identity",):
-            t = n.input[0]
-            n = prod.get(t)
-        if n is not None and n.op_type in ("Softmax", "LogSoftmax"):
+        n = final_softmax(g.producers(), output)
+        if n is not None:
             return n.input[0], f"input of final {n.op_type} '{n.name}'"
-        t = output
-    return t, note
+    return output, "output"
+
+
+def final_softmax(producers: dict, output: str):
+    """The Softmax/LogSoftmax node that produces ``output`` (looking through Identity nodes), or None.
+
+    ``producers`` maps tensor name -> producing node (:meth:`Graph.producers`, or
+    :func:`producers_of` for a ``ModelProto``).
+    """
+    n = producers.get(output)
+    while n is not None and n.op_type == "Identity":
+        n = producers.get(n.input[0])
+    return n if n is not None and n.op_type in ("Softmax", "LogSoftmax") else None
+
+
+def producers_of(model) -> dict:
+    """Tensor name -> producing node of a ``ModelProto``'s main graph."""
+    return {o: n for n in model.graph.node for o in n.output}
 
 
 def target_input_name(g: Graph) -> str:

@@ -45,7 +45,7 @@ class Param:
         if self.kind == "range":
             return _parse_range(value)
         if self.kind == "reference":
-            return _parse_reference(value)
+            return parse_reference(value)
         return value
 
 
@@ -62,16 +62,17 @@ def _parse_range(value):
 REFERENCE_NAMES = ("zeros", "black", "white", "gray", "mean")
 
 
-def _parse_reference(value):
+def parse_reference(value, names: tuple = REFERENCE_NAMES):
+    """A named reference (one of ``names``), a number, an array, or a ``.npy`` path (loaded)."""
     if isinstance(value, str):
-        if value in REFERENCE_NAMES:
+        if value in names:
             return value
         if value.endswith(".npy"):
             return np.load(value)
         try:
             return float(value)
         except ValueError:
-            raise ValueError(f"must be one of {', '.join(REFERENCE_NAMES)}, a number, an array "
+            raise ValueError(f"must be one of {', '.join(names)}, a number, an array "
                              f"or a path to a .npy file; got {value!r}") from None
     if np.ndim(value) == 0:
         return float(value)

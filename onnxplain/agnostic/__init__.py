@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..compiler.errors import CompileError, InputError, Problem
-from ..rules.methods import METHODS, Param
+from ..rules.methods import METHODS, Param, parse_reference
 from .batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_BYTES, ModelRunner
 
 
@@ -34,21 +34,6 @@ def _ints(value, allow_none: bool = False):
             raise ValueError(f"must be an integer, got {value!r}")
         return int(value)
     return tuple(int(v) for v in np.ravel(value))
-
-
-def _value(value, names: tuple):
-    if isinstance(value, str):
-        if value in names:
-            return value
-        if value.endswith(".npy"):
-            return np.load(value)
-        try:
-            return float(value)
-        except ValueError:
-            raise ValueError(f"must be one of {', '.join(names)}, a number or a .npy file; got {value!r}") from None
-    if np.ndim(value) == 0:
-        return float(value)
-    return np.asarray(value)
 
 
 def _bytes(value) -> int:
@@ -68,7 +53,7 @@ class AgnosticParam(Param):
         if self.kind == "ints_or_none":
             return _ints(value, allow_none=True)
         if self.kind == "value":
-            return _value(value, self.choices)
+            return parse_reference(value, self.choices)
         if self.kind == "bytes":
             v = _bytes(value)
             if v < 0:

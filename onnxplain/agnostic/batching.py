@@ -28,14 +28,10 @@ def _explained_tensor(model: onnx.ModelProto, output: str, strip_softmax: bool, 
                                     f"choose one of {names}")])
     if not strip_softmax:
         return output
-    producers = {o: n for n in model.graph.node for o in n.output}
-    t, n = output, producers.get(output)
-    while n is not None and n.op_type == "Identity":
-        t = n.input[0]
-        n = producers.get(t)
-    if n is not None and n.op_type in ("Softmax", "LogSoftmax") and n.domain in ("", "ai.onnx"):
-        return n.input[0]
-    return output
+    from ..compiler.head import final_softmax, producers_of
+
+    n = final_softmax(producers_of(model), output)
+    return n.input[0] if n is not None and n.domain in ("", "ai.onnx") else output
 
 
 class ModelRunner:

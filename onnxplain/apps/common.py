@@ -159,14 +159,10 @@ class Scorer:
 
 
 def _logit_tensor(model, output: str) -> str:
-    producer = {o: n for n in model.graph.node for o in n.output}
-    t, n = output, producer.get(output)
-    while n is not None and n.op_type == "Identity":
-        t = n.input[0]
-        n = producer.get(t)
-    if n is not None and n.op_type in ("Softmax", "LogSoftmax"):
-        return n.input[0]
-    return output
+    from ..compiler.head import final_softmax, producers_of
+
+    n = final_softmax(producers_of(model), output)
+    return output if n is None else n.input[0]
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

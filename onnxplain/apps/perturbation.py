@@ -87,14 +87,10 @@ def _scored_tensor(proto, output: Optional[str], strip_softmax: bool) -> str:
         raise InputError(f"the model has no output '{out}'; choose one of {names}")
     if not strip_softmax:
         return out
-    producers = {o: n for n in proto.graph.node for o in n.output}
-    t, node = out, producers.get(out)
-    while node is not None and node.op_type == "Identity":
-        t = node.input[0]
-        node = producers.get(t)
-    if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
-        return node.input[0]
-    return out
+    from ..compiler.head import final_softmax, producers_of
+
+    node = final_softmax(producers_of(proto), out)
+    return out if node is None else node.input[0]
 
 
 # ----------------------------------------------------------------------------------------------- regions
