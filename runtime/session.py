@@ -140,18 +140,20 @@ class CompiledRunner:
         dims = out.shape[1:]
         return int(np.prod(dims)) if all(isinstance(d, int) for d in dims) else None
 
-    def feeds(self, inputs: dict, target) -> dict:
-        feeds = {}
-        for name, meta in self.input_meta.items():
-            if name == self.target_input:
-                continue
-            if name not in inputs:
-                raise InputError(f"missing input '{name}'; the model's inputs are "
-                                 f"{[n for n in self.input_meta if n != self.target_input]}")
-            feeds[name] = check_array(name, inputs[name], list(meta.shape), _NP_TYPES.get(meta.type))
+    def _model_inputs(self, inputs: dict) -> list:
+        """``[(name, meta)]`` of the model's data inputs, after checking ``inputs`` names exactly those."""
+        names = [n for n in self.input_meta if n != self.target_input]
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            raise InputError(f"missing input '{missing[0]}'; the model's inputs are {names}")
         extra = set(inputs) - set(self.input_meta)
         if extra:
             raise InputError(f"unknown inputs {sorted(extra)}; the model's inputs are {list(self.input_meta)}")
+        return [(n, self.input_meta[n]) for n in names]
+
+    def feeds(self, inputs: dict, target) -> dict:
+        feeds = {name: check_array(name, inputs[name], list(meta.shape), _NP_TYPES.get(meta.type))
+                 for name, meta in self._model_inputs(inputs)}
         if target is not None:
             feeds[self.target_input] = self.check_target(target, next(iter(feeds.values())).shape[0])
         return feeds
@@ -196,12 +198,7 @@ class CompiledRunner:
         from . import device
 
         feeds, like, where = {}, None, None
-        for name, meta in self.input_meta.items():
-            if name == self.target_input:
-                continue
-            if name not in inputs:
-                raise InputError(f"missing input '{name}'; the model's inputs are "
-                                 f"{[n for n in self.input_meta if n != self.target_input]}")
+        for name, meta in self._model_inputs(inputs):
             value = inputs[name]
             if not device.is_device_value(value):
                 feeds[name] = check_array(name, value, list(meta.shape), _NP_TYPES.get(meta.type))
@@ -217,9 +214,6 @@ class CompiledRunner:
             feeds[name] = bound
             if like is None:
                 like, where = value, device.value_device(bound)
-        extra = set(inputs) - set(self.input_meta)
-        if extra:
-            raise InputError(f"unknown inputs {sorted(extra)}; the model's inputs are {list(self.input_meta)}")
         n = next(iter(device.value_shape_dtype(v)[0] if not isinstance(v, np.ndarray) else v.shape
                       for v in feeds.values()))[0]
         if target is not None:
