@@ -119,9 +119,35 @@ def unbroadcast(ctx: Ctx, grad: str, inp: str, out: str) -> str:
     return summed
 
 
-def where_positive(ctx: Ctx, x: str, then: str, other: Optional[str] = None) -> str:
-    """``Where(x > 0, then, other or 0)``."""
+def mask_mul(ctx: Ctx, cond: str, value: str) -> str:
+    """``Where(cond, value, 0)`` written as ``value * Cast(cond)``.
+
+    The same numbers for finite ``value`` (``v * 1 = v``, ``v * 0 = 0``); ONNX Runtime's CPU ``Where``
+    with a scalar branch costs about 4x the ``Cast`` and ``Mul`` (ReLU6's backward on
+    EfficientNet-Lite0 spent 46% of its time in ``Where``).
+    """
+    return ctx.b.op("Mul", value, _float_mask(ctx, cond, value))
+
+
+def _float_mask(ctx: Ctx, cond: str, like: str) -> str:
+    """The boolean ``cond`` as 0/1 in the element type of ``like``."""
+    dt = ctx.g.dtype(like)
+    return ctx.b.op("Cast", cond, to=dt) if dt else ctx.b.op("CastLike", cond, like)
+
+
+def select(ctx: Ctx, cond: str, then: str, other: str) -> str:
+    """``Where(cond, then, other)`` as ``then m + other (1 - m)`` with ``m = Cast(cond)``.
+
+    Exact for finite operands: one term is multiplied by 1, the other by 0, and ``a + 0 = a``.
+    """
     b = ctx.b
-    zero = b.scalar_like(0.0, x)
-    mask = b.op("Greater", x, zero)
-    return b.op("Where", mask, then, other if other is not None else b.scalar_like(0.0, x))
+    m = _float_mask(ctx, cond, then)
+    rest = b.op("Sub", b.scalar_like(1.0, then), m)
+    return b.op("Add", b.op("Mul", then, m), b.op("Mul", other, rest))
+
+
+def where_positive(ctx: Ctx, x: str, then: str, other: Optional[str] = None) -> str:
+    """``Where(x > 0, then, other or 0)`` (as :func:`mask_mul` / :func:`select`)."""
+    b = ctx.b
+    mask = b.op("Greater", x, b.scalar_like(0.0, x))
+    return mask_mul(ctx, mask, then) if other is None else select(ctx, mask, then, other)

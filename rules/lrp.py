@@ -40,7 +40,7 @@ from typing import Optional
 import numpy as np
 from onnx import helper
 
-from .base import VJP, Ctx, Unsupported, node_attr
+from .base import VJP, Ctx, Unsupported, mask_mul, node_attr
 from .gradient import GRADIENT, Rule
 
 #: ops a linear rule applies to (the data input is the single input on the path)
@@ -218,8 +218,7 @@ def _masked(ctx: Ctx, layer: "_Layer", r: str, mask: str) -> str:
         return r
     b = ctx.b
     z = layer.node.output[0]
-    cond = b.op("Greater" if mask == "zpos" else "Less", z, b.scalar_like(0.0, z))
-    return b.op("Where", cond, r, b.scalar_like(0.0, r))
+    return mask_mul(ctx, b.op("Greater" if mask == "zpos" else "Less", z, b.scalar_like(0.0, z)), r)
 
 
 def stabilize(ctx: Ctx, z: str, eps: float, kind: str = "sign", nonneg: bool = False) -> str:

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .base import Ctx, Unsupported, VJP, ZERO_GRAD, node_attr, unbroadcast, vjp, where_positive
+from .base import Ctx, Unsupported, VJP, ZERO_GRAD, mask_mul, node_attr, unbroadcast, vjp, where_positive
 
 
 @vjp("Identity", "Dropout")
@@ -144,15 +144,17 @@ def _hardsigmoid(ctx, node, x, y, g):
     alpha, beta = node_attr(node, "alpha", 0.2), node_attr(node, "beta", 0.5)
     z = b.op("Add", b.op("Mul", x, b.scalar_like(alpha, x)), b.scalar_like(beta, x))
     inside = b.op("And", b.op("Greater", z, b.scalar_like(0.0, z)), b.op("Less", z, b.scalar_like(1.0, z)))
-    return b.op("Where", inside, b.op("Mul", g, b.scalar_like(alpha, g)), b.scalar_like(0.0, g))
+    return mask_mul(ctx, inside, b.op("Mul", g, b.scalar_like(alpha, g)))
 
 
 def _hardswish(ctx, node, x, y, g):
     """PyTorch's convention: 0 for x < -3, (2x + 3)/6 for -3 <= x <= 3, 1 above."""
     b = ctx.b
     mid = b.op("Add", b.op("Mul", x, b.scalar_like(1.0 / 3.0, x)), b.scalar_like(0.5, x))
-    d = b.op("Where", b.op("Less", x, b.scalar_like(-3.0, x)), b.scalar_like(0.0, x),
-             b.op("Where", b.op("LessOrEqual", x, b.scalar_like(3.0, x)), mid, b.scalar_like(1.0, x)))
+    inside = b.op("And", b.op("GreaterOrEqual", x, b.scalar_like(-3.0, x)),
+                  b.op("LessOrEqual", x, b.scalar_like(3.0, x)))
+    above = b.op("CastLike", b.op("Greater", x, b.scalar_like(3.0, x)), x)
+    d = b.op("Add", mask_mul(ctx, inside, mid), above)
     return b.op("Mul", g, d)
 
 
@@ -233,8 +235,7 @@ def _celu(ctx, node, x, y, g):
 def _thresholded_relu(ctx, node, x, y, g):
     """``y = x [x > alpha]``: ``dy/dx = [x > alpha]`` (0 at the jump, which has no derivative)."""
     b = ctx.b
-    mask = b.op("Greater", x, b.scalar_like(node_attr(node, "alpha", 1.0), x))
-    return b.op("Where", mask, g, b.scalar_like(0.0, g))
+    return mask_mul(ctx, b.op("Greater", x, b.scalar_like(node_attr(node, "alpha", 1.0), x)), g)
 
 
 def _sin(ctx, node, x, y, g):
@@ -265,16 +266,15 @@ def _clip(ctx: Ctx, node, gy):
     x, y, g, b = node.input[0], node.output[0], gy[0], ctx.b
     lo = node.input[1] if len(node.input) > 1 and node.input[1] else None
     hi = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    zero = b.scalar_like(0.0, g)
     above = b.op("Greater", x, lo) if lo else None
     below = b.op("Less", x, hi) if hi else None
     inside = above if below is None else below if above is None else b.op("And", above, below)
-    res = [g if inside is None else b.op("Where", inside, g, zero)] + [None] * (len(node.input) - 1)
+    res = [g if inside is None else mask_mul(ctx, inside, g)] + [None] * (len(node.input) - 1)
     if lo and ctx.needs[1]:
         at_lo = b.op("Not", above) if below is None else b.op("And", b.op("Not", above), below)
-        res[1] = unbroadcast(ctx, b.op("Where", at_lo, g, zero), lo, y)
+        res[1] = unbroadcast(ctx, mask_mul(ctx, at_lo, g), lo, y)
     if hi and ctx.needs[2]:
-        res[2] = unbroadcast(ctx, b.op("Where", below, zero, g), hi, y)
+        res[2] = unbroadcast(ctx, mask_mul(ctx, b.op("Not", below), g), hi, y)
     return res
 
 
@@ -306,9 +306,8 @@ def _prelu(ctx: Ctx, node, gy):
 def _where(ctx: Ctx, node, gy):
     cond, a, c = node.input
     b, out = ctx.b, node.output[0]
-    zero = b.scalar_like(0.0, gy[0])
-    ga = unbroadcast(ctx, b.op("Where", cond, gy[0], zero), a, out) if ctx.needs[1] else None
-    gc = unbroadcast(ctx, b.op("Where", cond, zero, gy[0]), c, out) if ctx.needs[2] else None
+    ga = unbroadcast(ctx, mask_mul(ctx, cond, gy[0]), a, out) if ctx.needs[1] else None
+    gc = unbroadcast(ctx, mask_mul(ctx, b.op("Not", cond), gy[0]), c, out) if ctx.needs[2] else None
     return [None, ga, gc]
 
 
