@@ -98,6 +98,10 @@ def emit_backward(g: Graph, nodes: list, seeds: dict, wrt: list, assign: Callabl
     for t, s in seeds.items():
         acc.add(t, s)
     problems = []
+    readers: dict = {}
+    for n in path_nodes(g, nodes, on_path):
+        for i in dict.fromkeys(i for i in n.input if i):
+            readers.setdefault(i, []).append(n)
     for n in reversed(nodes):
         gy = [acc.total(o) if o in on_path else None for o in n.output]
         if all(x is None for x in gy):
@@ -113,7 +117,7 @@ def emit_backward(g: Graph, nodes: list, seeds: dict, wrt: list, assign: Callabl
                 if gi is not None:
                     acc.add(i, gi)
             continue
-        ctx = Ctx(Builder(g, out, f"{node_label(n)}/{rule.name}"), g, [i in on_path for i in n.input])
+        ctx = Ctx(Builder(g, out, f"{node_label(n)}/{rule.name}"), g, [i in on_path for i in n.input], assign, readers)
         try:
             gins = rule.backward(ctx, n, gy)
         except Unsupported as exc:

@@ -61,11 +61,20 @@ class Ctx:
         Static shapes, dtypes and constant values.
     needs : list of bool
         ``needs[i]`` is True when ``node.input[i]`` lies on the differentiated path.
+    assign : callable, optional
+        The rule assignment of the whole graph (None outside the emitter).
+    consumers : dict, optional
+        Tensor name -> forward nodes on the path that read it (None outside the emitter).
     """
 
     b: Builder
     g: Graph
     needs: list
+    #: ``assign(node) -> Rule or None`` for every node (set by the emitter; lets a rule look at the rules
+    #: of the consumers of its output, see :mod:`onnxplain.rules.support`)
+    assign: Optional[Callable] = None
+    #: tensor -> the forward nodes on the differentiated path that read it (set by the emitter)
+    consumers: Optional[dict] = None
 
     def shape(self, name: str):
         return self.g.shape(name)

@@ -16,6 +16,7 @@ Every other op keeps its exact gradient, as in iNNvestigate and Zennit.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from . import ops_elementwise, ops_linear, ops_pool, ops_shape  # noqa: F401 - register adapters
 from .base import VJP, Ctx, Unsupported
@@ -26,6 +27,9 @@ class Rule:
     """Base class: a named backward mapping for one node."""
 
     name: str = "rule"
+    #: at ops that only relabel elements (Reshape, Flatten, ...), the relevance of an input element is the
+    #: relevance of the output element it becomes (the gradient and ``lrp.pass`` do this)
+    passes_relevance: ClassVar[bool] = False
 
     def handles(self, op_type: str) -> bool:
         """Whether this rule can be assigned to nodes of ``op_type``."""
@@ -34,12 +38,18 @@ class Rule:
     def backward(self, ctx: Ctx, node, gy: list) -> list:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def scales_input(self, node, i: int) -> bool:
+        """Whether the contribution to ``node.input[i]`` is ``x_i (.) c`` (``c`` finite): zero where
+        ``x_i = 0``.  LRP rules that redistribute in proportion to the inputs say yes."""
+        return False
+
 
 @dataclass(frozen=True)
 class Gradient(Rule):
     """The exact gradient (vector-Jacobian product) of the node."""
 
     name: str = "gradient"
+    passes_relevance: ClassVar[bool] = True
 
     def backward(self, ctx: Ctx, node, gy: list) -> list:
         fn = VJP.get(node.op_type)

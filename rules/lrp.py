@@ -35,13 +35,14 @@ overview"):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 from onnx import helper
 
 from .base import VJP, Ctx, Unsupported, mask_mul, node_attr
 from .gradient import GRADIENT, Rule
+from .support import relu_support
 
 #: ops a linear rule applies to (the data input is the single input on the path)
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization")
@@ -86,25 +87,37 @@ class LinearRule(Rule):
     def handles(self, op_type: str) -> bool:
         return op_type in LINEAR_OPS
 
+    def scales_input(self, node, i: int) -> bool:
+        """Every term multiplies by ``x``, ``x+`` or ``x-`` (zero where ``x`` is): not flat, w^2 or z^B."""
+        return all(t.inp in ("x", "pos", "neg") for g in self.groups for t in g.terms)
+
     def backward(self, ctx: Ctx, node, gy: list) -> list:
         if node.op_type not in LINEAR_OPS:
             raise Unsupported(f"rule {self.name} applies to linear layers ({', '.join(LINEAR_OPS)}), "
                               f"not to {node.op_type}", "assign another rule to this node")
         layer = _Layer.of(ctx, node)
         nonneg = nonnegative(ctx.g, layer.x())
+        support = relu_support(ctx, node.output[0])  # R = 0 wherever z <= 0
         if nonneg and self.groups == GAMMA_GROUPS and self.gamma > 0 and self.epsilon > 0 and \
                 self.stabilizer == "sign":
-            out = _gamma_nonnegative(ctx, layer, gy[0], self)
+            out = _gamma_nonnegative(ctx, layer, gy[0], self, support is not None)
         else:
             out = None
             for group in self.groups:
-                out = self._group(ctx, layer, group, gy[0], nonneg, out)
+                if support is not None and group.mask == "zneg":
+                    continue  # its masked relevance R [z < 0] is zero
+                out = self._group(ctx, layer, group, gy[0], nonneg, out, support)
         res = [None] * len(node.input)
         res[layer.data] = out
         return res
 
-    def _group(self, ctx: Ctx, layer: "_Layer", group: Group, r: str, nonneg: bool, out: Optional[str]):
-        """Add one group's contribution ``coef_g sum_t sign_t x_t (.) layer_t^T(R / stab(z_g))`` to ``out``."""
+    def _group(self, ctx: Ctx, layer: "_Layer", group: Group, r: str, nonneg: bool, out: Optional[str],
+               support: Optional[str] = None):
+        """Add one group's contribution ``coef_g sum_t sign_t x_t (.) layer_t^T(R / stab(z_g))`` to ``out``.
+
+        ``support``: ``relu(z)`` when ``R`` vanishes wherever ``z <= 0`` (:func:`relu_support`); then the
+        ``[z > 0]`` mask is a no-op and the unmodified layer's ``stab(z)`` may be ``relu(z) + eps``.
+        """
         b = ctx.b
         # x- = 0 after a ReLU: a bias-free term of it contributes nothing
         terms = [t for t in group.terms
@@ -118,8 +131,10 @@ class LinearRule(Rule):
             zt = zt if t.sign > 0 else b.op("Neg", zt)
             z = zt if z is None else b.op("Add", z, zt)
             xs.append(xt)
-        r = _masked(ctx, layer, r, group.mask)
+        r = r if support is not None and group.mask == "zpos" else _masked(ctx, layer, r, group.mask)
         positive = all(_term_sign(ctx, layer, t, self, nonneg) > 0 for t in terms)
+        if support is not None and z == layer.node.output[0]:
+            z, positive = support, True  # the plain layer output: equal where R != 0
         s = divide(ctx, r, z, self.epsilon, self.stabilizer, nonneg=positive)
         for t, xt in zip(terms, xs):
             c = layer.transpose(ctx, s, t.weight, self)
@@ -157,7 +172,7 @@ def _term_sign(ctx: Ctx, layer: "_Layer", t: Term, rule: LinearRule, nonneg: boo
     return max(s, 0)
 
 
-def _gamma_nonnegative(ctx: Ctx, layer: "_Layer", r: str, rule: LinearRule) -> str:
+def _gamma_nonnegative(ctx: Ctx, layer: "_Layer", r: str, rule: LinearRule, support: bool = False) -> str:
     """The generalized gamma rule on a non-negative input ``x``, by linearity, with one extra forward.
 
     With ``z = W x + b`` (the layer's own output) and ``zp = W+ x + b+ >= 0``, the two groups'
@@ -167,12 +182,16 @@ def _gamma_nonnegative(ctx: Ctx, layer: "_Layer", r: str, rule: LinearRule) -> s
     there (relu/min keep both away from zero elsewhere: no 0/0 under the masks).  Then
     ``R_in = x (.) (layer^T_{W + gamma W+}(R [z > 0] / stab(z_1)) + layer^T_{W + gamma W-}(R [z < 0] / stab(z_2)))``,
     exactly Zennit's ``Gamma`` (its four terms, of which the two on ``x-`` vanish), with one modified
-    forward (``gamma zp``) instead of two and no ``Where``.
+    forward (``gamma zp``) instead of two and no ``Where``.  With ``support`` (``R = 0`` wherever
+    ``z <= 0``, :func:`relu_support`) both masks are no-ops and the second group vanishes:
+    ``R_in = x (.) layer^T_{W + gamma W+}(R / stab(z_1))``.
     """
     b, z, x = ctx.b, layer.node.output[0], layer.x()
     zp = layer.forward(ctx, x, "scaled_pos", "scaled_pos", rule)  # gamma (W+ x + b+)
     zero, eps = b.scalar_like(0.0, z), b.scalar_like(rule.epsilon, z)
     den1 = b.op("Add", b.op("Relu", b.op("Add", z, zp)), eps)
+    if support:
+        return b.op("Mul", x, layer.transpose(ctx, b.op("Div", r, den1), "gamma_pos", rule))
     den2 = b.op("Sub", b.op("Min", b.op("Sub", b.op("Mul", z, b.scalar_like(1.0 + rule.gamma, z)), zp), zero), eps)
     dt = ctx.g.dtype(r)
     s1 = b.op("Div", b.op("Mul", r, b.op("Cast", b.op("Greater", z, zero), to=dt)), den1)
@@ -511,6 +530,7 @@ class Pass(Rule):
     """Relevance passes unchanged through an element-wise op: ``R_in = R_out`` (Zennit's ``Pass``)."""
 
     name: str = "lrp.pass"
+    passes_relevance: ClassVar[bool] = True
 
     def handles(self, op_type: str) -> bool:
         return True
@@ -546,8 +566,13 @@ class Norm(Rule):
     def handles(self, op_type: str) -> bool:
         return op_type in VJP
 
+    def scales_input(self, node, i: int) -> bool:
+        return True
+
     def backward(self, ctx: Ctx, node, gy: list) -> list:
-        s = divide(ctx, gy[0], node.output[0], self.epsilon, self.stabilizer, nonnegative(ctx.g, node.output[0]))
+        y = relu_support(ctx, node.output[0])  # R = 0 where z <= 0: divide by relu(z) + eps
+        z = node.output[0] if y is None else y
+        s = divide(ctx, gy[0], z, self.epsilon, self.stabilizer, y is not None or nonnegative(ctx.g, z))
         grads = GRADIENT.backward(ctx, node, [s] + [None] * (len(node.output) - 1))
         return [None if g is None else ctx.b.op("Mul", node.input[i], g) for i, g in enumerate(grads)]
 
@@ -569,6 +594,9 @@ class BatchNormTwoMaps(Rule):
 
     def handles(self, op_type: str) -> bool:
         return op_type == "BatchNormalization"
+
+    def scales_input(self, node, i: int) -> bool:
+        return i == 0
 
     def backward(self, ctx: Ctx, node, gy: list) -> list:
         b, x, y = ctx.b, node.input[0], node.output[0]
@@ -598,6 +626,9 @@ class MaxPoolProportional(Rule):
 
     def handles(self, op_type: str) -> bool:
         return op_type == "MaxPool"
+
+    def scales_input(self, node, i: int) -> bool:
+        return i == 0
 
     def backward(self, ctx: Ctx, node, gy: list) -> list:
         b, x = ctx.b, node.input[0]

@@ -448,6 +448,44 @@ def test_zero_output_with_relevance(first_rule):
     assert rel_err(ref_leak, ref) > 1e-2
 
 
+@pytest.mark.parametrize("upper", ["lrp.epsilon", "lrp.flat"])
+@pytest.mark.parametrize("lower", ["lrp.epsilon", "lrp.gamma"])
+def test_relevance_support_below_a_relu(lower, upper):
+    """Below a ReLU whose consumer scales by its input (epsilon), no relevance reaches ``z <= 0``, and the
+    lower layer may divide by ``relu(z) + eps`` and drop gamma's negative group (rules/support.py); below a
+    consumer that does not (flat gives relevance to zero activations) it must not.  Checked against the
+    float64 formulas in both cases, with outputs of both signs and a large epsilon so that the shortcut,
+    used where it does not hold, would differ."""
+    r = rng(7)
+    w1, b1 = r.standard_normal((6, 5)).astype(np.float32), r.standard_normal(6).astype(np.float32)
+    w2, b2 = r.standard_normal((3, 6)).astype(np.float32), r.standard_normal(3).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1, name="fc0"),
+             helper.make_node("Relu", ["h"], ["a"], name="relu0"),
+             helper.make_node("Gemm", ["a", "w2", "b2"], ["logits"], transB=1, name="fc1")]
+    model = make_model(nodes, [("x", ["N", 5])], [("logits", ["N", 3])], {"w1": w1, "b1": b1, "w2": w2, "b2": b2})
+    lo = {"name": lower, "gamma": 0.5} if lower == "lrp.gamma" else {"name": lower, "epsilon": 0.25}
+    up = {"name": upper, "epsilon": 0.25} if upper == "lrp.epsilon" else upper
+    spec = {"rules": [{"select": {"name": "fc0"}, "rule": lo}, {"select": {"name": "fc1"}, "rule": up}]}
+    compiled = onnxplain.compile(model, "lrp", rules=spec)
+    x = r.standard_normal((8, 5)).astype(np.float32)
+    out = run(compiled, {"x": x})
+    X, W1, B1, W2, B2 = (a.astype(np.float64) for a in (x, w1, b1, w2, b2))
+    z1 = X @ W1.T + B1
+    a1 = np.maximum(z1, 0)
+    assert (z1 < 0).any() and (z1 > 0).any()
+    R2 = seed(a1 @ W2.T + B2)
+    ra1 = ref_rule(upper, W2, B2, a1, R2, epsilon=0.25)
+    ref = ref_rule(lower, W1, B1, X, ra1, gamma=0.5, epsilon=0.25)
+    assert rel_err(out["lrp/x"], ref) < TOL
+    # the shortcut is taken exactly where it holds: epsilon loses its sign stabiliser (GreaterOrEqual),
+    # gamma its negative group (masked with Less(z, 0))
+    mark = "GreaterOrEqual" if lower == "lrp.epsilon" else "Less"
+    marks = [n for n in compiled.graph.node if n.name.startswith("fc0/") and n.op_type == mark]
+    assert (len(marks) == 0) == (upper == "lrp.epsilon")
+    if upper == "lrp.flat":  # relevance does reach z <= 0 here, so the shortcut would have changed the result
+        assert np.abs(ra1[z1 <= 0]).max() > 1e-3
+
+
 # --------------------------------------------------------------------------- conservation
 
 

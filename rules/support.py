@@ -1,0 +1,69 @@
+"""Relevance support: where the relevance arriving at a tensor is known to be zero.
+
+LRP rules that redistribute in proportion to their inputs (z+, gamma, epsilon, alpha-beta on ``x``,
+``lrp.norm``) give no relevance to inputs that are zero.  Below a ReLU whose output only feeds such
+rules, the relevance arriving at the ReLU's input ``z`` is therefore zero wherever ``z <= 0``.  The
+rule of the node that produced ``z`` can use this: it divides by ``relu(z) + eps`` (the ReLU's own
+output, already computed) instead of the sign-stabilised ``z`` (4 fewer element-wise passes), drops
+its ``[z > 0]`` masks and skips the terms of the generalized gamma rule that act where ``z < 0`` (one
+transposed convolution fewer per layer).  The results are the same numbers: only factors that
+multiply a zero change.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from .base import Ctx
+from .gradient import Gradient
+
+#: ops that only relabel elements: an output element is zero exactly where its input element is
+_RELABEL = ("Reshape", "Flatten", "Identity", "Squeeze", "Unsqueeze", "Transpose")
+
+
+def relevance_vanishes_at_zero(ctx: Ctx, t: str, depth: int = 0) -> bool:
+    """Whether the relevance arriving at ``t`` is zero wherever ``t`` is zero, by the rules of its consumers.
+
+    True when every consumer redistributes in proportion to ``t`` (``R_t = t (.) c``: z+, gamma, epsilon
+    and alpha-beta on ``x``/``x+``/``x-``, ``lrp.norm``; see :meth:`Rule.scales_input`), possibly through
+    ops that only relabel elements.  False for graph outputs, unassigned nodes and rules such as flat,
+    w^2, z^B or the winner-take-all max pool, which give relevance to zero inputs.
+    """
+    if ctx.assign is None or ctx.consumers is None or depth > 8 or t in ctx.g.output_names():
+        return False
+    consumers = ctx.consumers.get(t, [])
+    if not consumers:
+        return False
+    for c in consumers:
+        rule = ctx.assign(c)
+        if rule is None:
+            return False
+        if all(rule.scales_input(c, k) for k, i in enumerate(c.input) if i == t):
+            continue
+        if c.op_type in _RELABEL and rule.passes_relevance and \
+                relevance_vanishes_at_zero(ctx, c.output[0], depth + 1):
+            continue
+        return False
+    return True
+
+
+def relu_support(ctx: Ctx, z: str) -> Optional[str]:
+    """``y = relu(z)`` when the relevance arriving at ``z`` is zero wherever ``z <= 0``, else None.
+
+    That holds when ``z``'s only consumer is a ReLU whose rule is the gradient (``R_z = R_y [z > 0]``) or
+    passes relevance through while ``R_y`` vanishes where ``y = 0`` (:func:`relevance_vanishes_at_zero`):
+    in ResNets every block's sum and every convolution before a ReLU, under z+/gamma/epsilon consumers.
+    A rule may then divide by ``y + eps`` instead of the sign-stabilised ``z``, drop masks ``[z > 0]``
+    and skip terms that only act where ``z < 0``: the same numbers, fewer operations.
+    """
+    if ctx.assign is None or ctx.consumers is None or z in ctx.g.output_names():
+        return None
+    consumers = ctx.consumers.get(z, [])
+    if len(consumers) != 1 or consumers[0].op_type != "Relu":
+        return None
+    relu = consumers[0]
+    rule = ctx.assign(relu)
+    if rule is None:
+        return None
+    if isinstance(rule, Gradient) or (rule.passes_relevance and relevance_vanishes_at_zero(ctx, relu.output[0])):
+        return relu.output[0]
+    return None
