@@ -124,18 +124,21 @@ class LinearRule(Rule):
                  if not (nonneg and t.inp == "neg" and (t.bias == "none" or not layer.has_bias()))]
         if not terms:
             return out
+        positive = all(_term_sign(ctx, layer, t, self, nonneg) > 0 for t in terms)
+        # one modified convolution that is >= 0 (z+ after a ReLU): its stabiliser "+ eps" goes into its bias
+        shift = self.epsilon if len(terms) == 1 and positive and terms[0].sign > 0 and self.epsilon > 0 and \
+            self.stabilizer == "sign" and layer.can_shift(ctx, terms[0]) else 0.0
         z, xs = None, []
         for t in terms:
             xt = layer.input(ctx, t.inp, self)
-            zt = layer.forward(ctx, xt, t.weight, t.bias, self)
+            zt = layer.forward(ctx, xt, t.weight, t.bias, self, shift)
             zt = zt if t.sign > 0 else b.op("Neg", zt)
             z = zt if z is None else b.op("Add", z, zt)
             xs.append(xt)
         r = r if support is not None and group.mask == "zpos" else _masked(ctx, layer, r, group.mask)
-        positive = all(_term_sign(ctx, layer, t, self, nonneg) > 0 for t in terms)
         if support is not None and z == layer.node.output[0]:
             z, positive = support, True  # the plain layer output: equal where R != 0
-        s = divide(ctx, r, z, self.epsilon, self.stabilizer, nonneg=positive)
+        s = b.op("Div", r, z) if shift else divide(ctx, r, z, self.epsilon, self.stabilizer, nonneg=positive)
         for t, xt in zip(terms, xs):
             c = layer.transpose(ctx, s, t.weight, self)
             factor = layer.multiplier(ctx, t.inp, self)
@@ -444,16 +447,31 @@ class _Layer:
         n.input.extend(ins)
         return n
 
-    def forward(self, ctx: Ctx, xt: str, w_how: str, b_how: str, rule: LinearRule) -> str:
-        """``layer(xt; W_mod, b_mod)``: the node's own op with modified constants."""
-        if xt == self.x() and w_how == "w" and (b_how == "b" or self.bias is None) and \
+    def can_shift(self, ctx: Ctx, t: Term) -> bool:
+        """Whether :meth:`forward` of term ``t`` can add a constant to its output through the bias: a
+        Conv on the (non-constant) data input whose forward is not the layer's own output."""
+        return self.node.op_type == "Conv" and self.data == 0 and self.weight == 1 and \
+            t.inp in ("x", "pos") and not (t.weight == "w" and t.bias in ("b", "none") and t.inp == "x") and \
+            isinstance((ctx.g.shape(self.node.input[1]) or [None])[0], int)
+
+    def forward(self, ctx: Ctx, xt: str, w_how: str, b_how: str, rule: LinearRule, shift: float = 0.0) -> str:
+        """``layer(xt; W_mod, b_mod) + shift``: the node's own op with modified constants (``shift``, see
+        :meth:`can_shift`, is added to the bias: ONNX Runtime folds it, no extra pass over the output)."""
+        if xt == self.x() and w_how == "w" and (b_how == "b" or self.bias is None) and not shift and \
                 self.node.op_type != "BatchNormalization":
             return self.node.output[0]  # the forward pass already computed it
         wm, bm = self._params(ctx, w_how, b_how, rule)
         if self.node.op_type == "BatchNormalization":
             y = ctx.b.op("Mul", xt, wm)
             return ctx.b.op("Add", y, bm) if bm is not None else y
+        if shift:
+            dt = helper.tensor_dtype_to_np_dtype(ctx.g.dtype(self.x()))
+            cout = ctx.g.shape(self.node.input[1])[0]
+            bm = ctx.b.const(np.full(cout, shift, dt)) if bm is None else \
+                ctx.b.op("Add", bm, ctx.b.scalar_like(shift, bm))
         c = self._copy(xt, wm, bm)
+        if shift and self.bias is None:
+            c.input.append(bm)
         out = ctx.b.op(c.op_type, *c.input, **{a.name: helper.get_attribute_value(a) for a in c.attribute})
         if ctx.g.resolve(xt) == ctx.g.resolve(self.x()):
             ctx.g.alias(out, self.node.output[0])
