@@ -19,6 +19,7 @@ from ..rules.methods import METHODS, Method
 from . import canonicalize as canon
 from .emit import emit_backward, differentiable_path, path_nodes
 from .errors import CompileError, Problem
+from .loops import localize_loop_weights
 from .export import add_metadata, check, set_versions
 from .graph import Builder, Graph, load_model, strip_weights
 from .assign import AssignContext
@@ -202,6 +203,7 @@ def compile_graph(model, methods, params: Optional[dict] = None, output: Optiona
                              "remove_identities": True, "fold_constants": True, "fold_shape_computations": True},
     })
     check(proto, src)
+    localize_loop_weights(proto)  # after the (light) check: a rename and copies of checked initializers
     result.model = proto
     return result
 

@@ -206,3 +206,35 @@ def test_fixed_batch_model_uses_chunk_one(x):
     assert rel_err(out["integrated_gradients/x"], expect) < TOL
     with pytest.raises(onnxplain.CompileError, match="fixed batch size"):
         onnxplain.compile(model, "integrated_gradients", steps=3, chunk=2)
+
+
+def test_loop_bodies_hold_their_convolution_weights(cnn, x, ref, monkeypatch):
+    """IG's Loop body gets its own copy of the constants its convolutions read (compiler/loops.py: ONNX
+    Runtime optimizes only convolutions whose weights are initializers of their own graph); the maps
+    stay those of the float64 reference; ``limit`` bounds the copied bytes."""
+    import onnx
+
+    import onnxplain.compiler.api as capi
+    from onnxplain.compiler.loops import localize_loop_weights
+
+    def body_of(m):
+        return next(a.g for n in m.graph.node if n.op_type == "Loop" for a in n.attribute if a.name == "body")
+
+    model = onnxplain.compile(cnn, "integrated_gradients", steps=6, riemann="right", chunk=2)
+    onnx.checker.check_model(model, full_check=True)
+    body = body_of(model)
+    local, outer = {t.name for t in body.initializer}, {t.name for t in model.graph.initializer}
+    convs = [n for n in body.node if n.op_type in ("Conv", "ConvTranspose")]
+    assert convs and local and not local & outer
+    assert not any(i in outer for n in convs for i in n.input[1:])  # no convolution reads the outer scope
+    t = ref.top({"x": x})
+    ig = _ig_reference(ref, x, t, np.zeros_like(x), np.arange(1, 7) / 6, np.full(6, 1 / 6))
+    out = run(model, {"x": x})["integrated_gradients/x"]
+    assert rel_err(out, ig) < TOL
+    assert localize_loop_weights(model) == 0  # already local: nothing left to copy
+    monkeypatch.setattr(capi, "localize_loop_weights", lambda m: 0)
+    plain = onnxplain.compile(cnn, "integrated_gradients", steps=6, riemann="right", chunk=2)
+    assert len(body_of(plain).initializer) == 0
+    assert localize_loop_weights(plain, limit=16) == 0 and len(body_of(plain).initializer) == 0
+    assert localize_loop_weights(plain) == len(local)
+    np.testing.assert_array_equal(run(plain, {"x": x})["integrated_gradients/x"], out)
