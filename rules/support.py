@@ -18,6 +18,8 @@ from .gradient import Gradient
 
 #: ops that only relabel elements: an output element is zero exactly where its input element is
 _RELABEL = ("Reshape", "Flatten", "Identity", "Squeeze", "Unsqueeze", "Transpose")
+#: ops whose gradient routes each output's relevance to an input element equal to that output (the max)
+_ROUTE_TO_EQUAL = ("MaxPool", "GlobalMaxPool")
 
 
 def relevance_vanishes_at_zero(ctx: Ctx, t: str, depth: int = 0) -> bool:
@@ -25,7 +27,10 @@ def relevance_vanishes_at_zero(ctx: Ctx, t: str, depth: int = 0) -> bool:
 
     True when every consumer redistributes in proportion to ``t`` (``R_t = t (.) c``: z+, gamma, epsilon
     and alpha-beta on ``x``/``x+``/``x-``, ``lrp.norm``; see :meth:`Rule.scales_input`), possibly through
-    ops that only relabel elements.  False for graph outputs, unassigned nodes and rules such as flat,
+    ops that only relabel elements, or is a max pooling under the gradient (winner-take-all) rule whose
+    own output's relevance vanishes where that output is zero: it hands a window's relevance to an
+    element equal to the window's maximum, so a zero element receives relevance only from a zero
+    maximum, which has none.  False for graph outputs, unassigned nodes and rules such as flat,
     w^2, z^B or the winner-take-all max pool, which give relevance to zero inputs.
     """
     if ctx.assign is None or ctx.consumers is None or depth > 8 or t in ctx.g.output_names():
@@ -42,6 +47,9 @@ def relevance_vanishes_at_zero(ctx: Ctx, t: str, depth: int = 0) -> bool:
         if c.op_type in _RELABEL and rule.passes_relevance and \
                 relevance_vanishes_at_zero(ctx, c.output[0], depth + 1):
             continue
+        if c.op_type in _ROUTE_TO_EQUAL and isinstance(rule, Gradient) and \
+                relevance_vanishes_at_zero(ctx, c.output[0], depth + 1):
+            continue  # winner-take-all: relevance reaches a zero input only from a zero maximum
         return False
     return True
 

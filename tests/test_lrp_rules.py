@@ -486,6 +486,50 @@ def test_relevance_support_below_a_relu(lower, upper):
         assert np.abs(ra1[z1 <= 0]).max() > 1e-3
 
 
+@pytest.mark.parametrize("upper", ["lrp.epsilon", "lrp.flat"])
+def test_relevance_support_through_max_pooling(upper, monkeypatch):
+    """Conv -> ReLU -> MaxPool (winner-take-all) -> Flatten -> Gemm: with an upper rule that scales by its
+    input, a zero maximum passes no relevance, so none reaches z <= 0 and the conv's gamma rule drops its
+    negative group; under flat it must not.  Both agree with the same compilation without the shortcut
+    (the path the Zennit goldens check), on inputs where whole pooling windows are zero."""
+    import onnxplain.rules.lrp as lrp_mod
+
+    r = rng(11)
+    w = r.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    bias = np.full(4, -1.5, np.float32)  # many negative pre-activations: all-zero pooling windows
+    w2 = r.standard_normal((3, 16)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["z"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["z"], ["a"], name="relu"),
+             helper.make_node("MaxPool", ["a"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "w2"], ["logits"], transB=1, name="fc")]
+    model = make_model(nodes, [("x", ["N", 2, 4, 4])], [("logits", ["N", 3])], {"w": w, "b": bias, "w2": w2})
+    up = {"name": upper, "epsilon": 0.25} if upper == "lrp.epsilon" else upper
+    spec = {"rules": [{"select": {"name": "conv"}, "rule": {"name": "lrp.gamma", "gamma": 0.5}},
+                      {"select": {"name": "fc"}, "rule": up}]}
+    x = np.abs(r.standard_normal((6, 2, 4, 4))).astype(np.float32)
+    fast = onnxplain.compile(model, "lrp", rules=spec)
+    monkeypatch.setattr(lrp_mod, "relu_support", lambda ctx, z: None)
+    slow = onnxplain.compile(model, "lrp", rules=spec)
+    a = np.maximum(_conv_ref(x, w, bias), 0)
+    windows = a.reshape(6, 4, 2, 2, 2, 2).max(axis=(3, 5))
+    assert (windows == 0).any() and (windows > 0).any()
+    got, want = run(fast, {"x": x})["lrp/x"], run(slow, {"x": x})["lrp/x"]
+    assert rel_err(got, want) < TOL and np.abs(want).max() > 0
+    less = [n for n in fast.graph.node if n.name.startswith("conv/") and n.op_type == "Less"]
+    assert (len(less) == 0) == (upper == "lrp.epsilon")
+
+
+def _conv_ref(x, w, b):
+    """3x3 convolution, stride 1, padding 1, float64."""
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = np.zeros((x.shape[0], w.shape[0]) + x.shape[2:])
+    for i in range(3):
+        for j in range(3):
+            out += np.einsum("nchw,oc->nohw", xp[:, :, i:i + x.shape[2], j:j + x.shape[3]], w[:, :, i, j])
+    return out + b.reshape(1, -1, 1, 1)
+
+
 # --------------------------------------------------------------------------- conservation
 
 
