@@ -100,7 +100,7 @@ class LinearRule(Rule):
         support = relu_support(ctx, node.output[0])  # R = 0 wherever z <= 0
         if nonneg and self.groups == GAMMA_GROUPS and self.gamma > 0 and self.epsilon > 0 and \
                 self.stabilizer == "sign":
-            out = _gamma_nonnegative(ctx, layer, gy[0], self, support is not None)
+            out = _gamma_nonnegative(ctx, layer, gy[0], self, support)
         else:
             out = None
             for group in self.groups:
@@ -175,7 +175,7 @@ def _term_sign(ctx: Ctx, layer: "_Layer", t: Term, rule: LinearRule, nonneg: boo
     return max(s, 0)
 
 
-def _gamma_nonnegative(ctx: Ctx, layer: "_Layer", r: str, rule: LinearRule, support: bool = False) -> str:
+def _gamma_nonnegative(ctx: Ctx, layer: "_Layer", r: str, rule: LinearRule, support: Optional[str] = None) -> str:
     """The generalized gamma rule on a non-negative input ``x``, by linearity, with one extra forward.
 
     With ``z = W x + b`` (the layer's own output) and ``zp = W+ x + b+ >= 0``, the two groups'
@@ -185,16 +185,23 @@ def _gamma_nonnegative(ctx: Ctx, layer: "_Layer", r: str, rule: LinearRule, supp
     there (relu/min keep both away from zero elsewhere: no 0/0 under the masks).  Then
     ``R_in = x (.) (layer^T_{W + gamma W+}(R [z > 0] / stab(z_1)) + layer^T_{W + gamma W-}(R [z < 0] / stab(z_2)))``,
     exactly Zennit's ``Gamma`` (its four terms, of which the two on ``x-`` vanish), with one modified
-    forward (``gamma zp``) instead of two and no ``Where``.  With ``support`` (``R = 0`` wherever
-    ``z <= 0``, :func:`relu_support`) both masks are no-ops and the second group vanishes:
-    ``R_in = x (.) layer^T_{W + gamma W+}(R / stab(z_1))``.
+    forward (``gamma zp``) instead of two and no ``Where``.  With ``support`` (``relu(z)``, given when
+    ``R = 0`` wherever ``z <= 0``, :func:`relu_support`) both masks are no-ops, the second group
+    vanishes and ``relu(z) + gamma zp + eps`` (``eps`` in ``zp``'s bias) is ``stab(z_1)`` wherever
+    ``R != 0`` and ``>= eps`` elsewhere: ``R_in = x (.) layer^T_{W + gamma W+}(R / (relu(z) + gamma zp + eps))``,
+    and the layer's pre-activation ``z`` is not read (its ReLU fuses into the convolution).
     """
     b, z, x = ctx.b, layer.node.output[0], layer.x()
+    if support is not None:
+        # where z > 0: relu(z) + gamma zp + eps = stab(z_1); elsewhere R = 0 and the sum is >= eps > 0
+        t = Term(1, "x", "scaled_pos", "scaled_pos")
+        shift = rule.epsilon if layer.can_shift(ctx, t) else 0.0
+        zp = layer.forward(ctx, x, "scaled_pos", "scaled_pos", rule, shift)  # gamma (W+ x + b+) (+ eps)
+        den = b.op("Add", support, zp if shift else b.op("Add", zp, b.scalar_like(rule.epsilon, zp)))
+        return b.op("Mul", x, layer.transpose(ctx, b.op("Div", r, den), "gamma_pos", rule))
     zp = layer.forward(ctx, x, "scaled_pos", "scaled_pos", rule)  # gamma (W+ x + b+)
     zero, eps = b.scalar_like(0.0, z), b.scalar_like(rule.epsilon, z)
     den1 = b.op("Add", b.op("Relu", b.op("Add", z, zp)), eps)
-    if support:
-        return b.op("Mul", x, layer.transpose(ctx, b.op("Div", r, den1), "gamma_pos", rule))
     den2 = b.op("Sub", b.op("Min", b.op("Sub", b.op("Mul", z, b.scalar_like(1.0 + rule.gamma, z)), zp), zero), eps)
     dt = ctx.g.dtype(r)
     s1 = b.op("Div", b.op("Mul", r, b.op("Cast", b.op("Greater", z, zero), to=dt)), den1)
