@@ -72,8 +72,21 @@ def make_session(model, providers: Optional[Sequence] = None, threads: Optional[
     so.log_severity_level = 3  # the optional `target` input is an overridable initializer: ORT warns about it
     if threads:
         so.intra_op_num_threads = threads
+    providers = list(providers or default_providers())
     data = model.SerializeToString() if hasattr(model, "SerializeToString") else model
-    return ort.InferenceSession(data, so, providers=list(providers or default_providers()))
+    if any((p[0] if isinstance(p, (tuple, list)) else p) == "CUDAExecutionProvider" for p in providers):
+        data = _cuda_ready(data)
+    return ort.InferenceSession(data, so, providers=providers)
+
+
+def _cuda_ready(data):
+    """``data`` (bytes or path) with the ops the CUDA provider lacks rewritten (:mod:`.cuda_rewrite`)."""
+    import onnx
+
+    from .cuda_rewrite import for_cuda
+
+    proto = onnx.load_from_string(data) if isinstance(data, (bytes, bytearray)) else onnx.load(str(data))
+    return proto.SerializeToString() if for_cuda(proto) else data
 
 
 def session_device(session) -> tuple:

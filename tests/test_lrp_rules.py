@@ -251,7 +251,7 @@ def _evaluate(case_name, build, methods):
 # negative alpha or beta swaps the positive and negative parts of M and b for every sign-splitting
 # rule.  Measured: w^2 1e-2 .. 8e-2 relative error; with alpha = -1, beta = -0.5: O(1) for z+,
 # alpha-beta, gamma and z^B.
-_GEMM_ATTR = ("rules/lrp.py _Layer._params/_modify modify Gemm's weight and bias initializers, not the layer's "
+_GEMM_ATTR = ("rules/lrp_layer.py Layer._params/_modify modify Gemm's weight and bias initializers, not the layer's "
               "matrix alpha*B and bias beta*C")
 _XFAIL: dict = {}  # every case once marked here is fixed (Gemm alpha/beta are now part of the matrix)
 

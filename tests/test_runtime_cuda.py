@@ -164,3 +164,45 @@ def test_wrap_outputs_currency():
     wrapped = device.wrap_outputs(vals, FakeCupy(), ("cuda", 1))[0]
     assert isinstance(wrapped, device.DeviceArray) and wrapped.device_id == 1
     assert wrapped.__cuda_array_interface__["data"][0] == vals[0].data_ptr() and wrapped.shape == (2, 2)
+
+
+def test_maxunpool_rewritten_for_cuda():
+    """ONNX Runtime's CUDA provider has no MaxUnpool kernel: sessions on CUDA get the equivalent
+    ScatterElements (runtime/cuda_rewrite.py, applied by make_session when CUDA is among the providers).
+    Checked on the CPU: the same numbers bit for bit (the compiled maps themselves are checked against
+    float64 references in the method tests), valid ONNX, no MaxUnpool left, file path or bytes."""
+    import onnx
+    from onnx import helper
+
+    import onnxplain
+    from onnxplain.runtime.cuda_rewrite import for_cuda
+    from reference import make_model, rng, run
+
+    r = rng(5)
+    w = r.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    w2 = r.standard_normal((3, 16)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["z"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["z"], ["a"], name="relu"),
+             helper.make_node("MaxPool", ["a"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "w2"], ["logits"], transB=1, name="fc")]
+    model = make_model(nodes, [("x", ["N", 2, 4, 4])], [("logits", ["N", 3])], {"w": w, "w2": w2})
+    compiled = onnxplain.compile(model, ["gradient", "smoothgrad"], samples=4, chunk=2)
+    count = lambda m, op: sum(n.op_type == op for n in m.graph.node) + sum(  # noqa: E731
+        k.op_type == op for n in m.graph.node for a in n.attribute if a.name == "body" for k in a.g.node)
+    assert count(compiled, "MaxUnpool") == 2  # main graph and the SmoothGrad loop body
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(compiled)
+    assert for_cuda(rewritten) == 2
+    assert count(rewritten, "MaxUnpool") == 0 and count(rewritten, "ScatterElements") == 2
+    onnx.checker.check_model(rewritten, full_check=True)
+    x = r.standard_normal((5, 2, 4, 4)).astype(np.float32)
+    a, b = run(compiled, {"x": x}), run(rewritten, {"x": x})
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert np.abs(a["gradient/x"]).max() > 0
+    from onnxplain.runtime.session import _cuda_ready
+    ready = onnx.load_from_string(_cuda_ready(compiled.SerializeToString()))
+    assert count(ready, "MaxUnpool") == 0 and count(ready, "ScatterElements") == 2
+    plain = onnxplain.compile(mlp(seed=1, sizes=(6, 8, 5))[0], "gradient")  # no MaxUnpool: unchanged
+    assert _cuda_ready(plain.SerializeToString()) == plain.SerializeToString()
