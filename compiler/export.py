@@ -39,10 +39,10 @@ def check(model: onnx.ModelProto, source: str = "model") -> None:
     its types and shapes are what it verifies, and serialising hundreds of megabytes of weights
     for it dominated compile time.  (The test-suite runs the full checker on whole models.)
     """
-    from .graph import strip_weights
+    from .graph import all_nodes, strip_weights
 
     model = strip_weights(model)[0]
-    bad = [n for n in _all_nodes(model.graph) if n.domain not in ("", "ai.onnx")]
+    bad = [n for n in all_nodes(model.graph) if n.domain not in ("", "ai.onnx")]
     if bad:
         raise CompileError([Problem(source, n.name, f"{n.domain}.{n.op_type}",
                                     "the model uses an op outside the default ONNX domain, which a compiled model "
@@ -54,17 +54,6 @@ def check(model: onnx.ModelProto, source: str = "model") -> None:
     except Exception as exc:  # noqa: BLE001
         raise CompileError([Problem(source, None, None, f"the compiled model fails onnx.checker: {exc}",
                                     "this is a bug in onnxplain; please report it with the model")]) from None
-
-
-def _all_nodes(graph):
-    for n in graph.node:
-        yield n
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sg in a.graphs:
-                    yield from _all_nodes(sg)
 
 
 def default_mode() -> int:

@@ -391,6 +391,41 @@ _BOOL_OPS = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not",
              "IsInf"}
 
 
+def all_nodes(graph: onnx.GraphProto):
+    """Every node of ``graph`` and of its subgraphs (If/Loop/Scan bodies), depth first."""
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from all_nodes(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sg in a.graphs:
+                    yield from all_nodes(sg)
+
+
+def all_names(graph: onnx.GraphProto) -> set:
+    """Every tensor and node name used in ``graph`` and its subgraphs (for :func:`fresh_name`)."""
+    names = {t.name for t in graph.initializer} | {v.name for v in list(graph.input) + list(graph.output)}
+    for n in graph.node:
+        names.update(n.input)
+        names.update(n.output)
+        names.add(n.name)
+        for a in n.attribute:
+            for sg in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                names |= all_names(sg)
+    return names
+
+
+def fresh_name(base: str, taken: set) -> str:
+    """``base`` (or ``base_2``, ``base_3``, ...) not in ``taken``; added to it (as :meth:`Graph.fresh`)."""
+    name, i = base, 1
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    taken.add(name)
+    return name
+
+
 def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
     n = onnx.NodeProto()
     n.CopyFrom(node)

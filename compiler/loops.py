@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import onnx
 
+from .graph import all_names, fresh_name
+
 #: Largest total size of the constants copied into one Loop body (bytes).
 LIMIT_BYTES = 256 * 2 ** 20
 
@@ -36,7 +38,7 @@ def localize_loop_weights(model: onnx.ModelProto, limit: int = LIMIT_BYTES) -> i
         The number of initializers copied (all bodies together).
     """
     inits = {t.name: t for t in model.graph.initializer}
-    taken = _all_names(model.graph)
+    taken = all_names(model.graph)
     copied = 0
     for node in model.graph.node:
         for a in node.attribute:
@@ -51,7 +53,7 @@ def _localize(body: onnx.GraphProto, inits: dict, taken: set, limit: int) -> int
         return 0
     rename = {}
     for name in sorted(needed):
-        new = _fresh(f"{name}/in_loop", taken)
+        new = fresh_name(f"{name}/in_loop", taken)
         t = onnx.TensorProto()
         t.CopyFrom(inits[name])
         t.name = new
@@ -97,22 +99,3 @@ def _constants_of_convolutions(body: onnx.GraphProto, inits: dict) -> set:
 
 def _nbytes(t: onnx.TensorProto) -> int:
     return len(t.raw_data) if t.raw_data else t.ByteSize()
-
-
-def _all_names(graph: onnx.GraphProto) -> set:
-    names = {t.name for t in graph.initializer} | {v.name for v in graph.input} | {v.name for v in graph.output}
-    for n in graph.node:
-        names.update(n.input)
-        names.update(n.output)
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                names |= _all_names(a.g)
-    return names
-
-
-def _fresh(base: str, taken: set) -> str:
-    name, k = base, 1
-    while name in taken:
-        name, k = f"{base}_{k}", k + 1
-    taken.add(name)
-    return name

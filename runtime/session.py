@@ -73,20 +73,28 @@ def make_session(model, providers: Optional[Sequence] = None, threads: Optional[
     if threads:
         so.intra_op_num_threads = threads
     providers = list(providers or default_providers())
-    data = model.SerializeToString() if hasattr(model, "SerializeToString") else model
     if any((p[0] if isinstance(p, (tuple, list)) else p) == "CUDAExecutionProvider" for p in providers):
-        data = _cuda_ready(data)
+        data = _cuda_ready(model)
+    else:
+        data = model.SerializeToString() if hasattr(model, "SerializeToString") else model
     return ort.InferenceSession(data, so, providers=providers)
 
 
-def _cuda_ready(data):
-    """``data`` (bytes or path) with the ops the CUDA provider lacks rewritten (:mod:`.cuda_rewrite`)."""
+def _cuda_ready(model):
+    """``model`` (ModelProto, bytes or path) for ONNX Runtime, with the ops the CUDA provider lacks
+    rewritten (:mod:`.cuda_rewrite`); the caller's ModelProto is not changed."""
     import onnx
 
-    from .cuda_rewrite import for_cuda
+    from .cuda_rewrite import for_cuda, needs_cuda_rewrite
 
-    proto = onnx.load_from_string(data) if isinstance(data, (bytes, bytearray)) else onnx.load(str(data))
-    return proto.SerializeToString() if for_cuda(proto) else data
+    if hasattr(model, "SerializeToString"):
+        if not needs_cuda_rewrite(model):
+            return model.SerializeToString()
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+    else:
+        proto = onnx.load_from_string(model) if isinstance(model, (bytes, bytearray)) else onnx.load(str(model))
+    return proto.SerializeToString() if for_cuda(proto) else model
 
 
 def session_device(session) -> tuple:

@@ -204,5 +204,7 @@ def test_maxunpool_rewritten_for_cuda():
     from onnxplain.runtime.session import _cuda_ready
     ready = onnx.load_from_string(_cuda_ready(compiled.SerializeToString()))
     assert count(ready, "MaxUnpool") == 0 and count(ready, "ScatterElements") == 2
+    assert _cuda_ready(compiled) == ready.SerializeToString()  # a ModelProto: the same, and not changed
+    assert count(compiled, "MaxUnpool") == 2
     plain = onnxplain.compile(mlp(seed=1, sizes=(6, 8, 5))[0], "gradient")  # no MaxUnpool: unchanged
     assert _cuda_ready(plain.SerializeToString()) == plain.SerializeToString()
