@@ -135,10 +135,10 @@ def mask_mul(ctx: Ctx, cond: str, value: str) -> str:
     with a scalar branch costs about 4x the ``Cast`` and ``Mul`` (ReLU6's backward on
     EfficientNet-Lite0 spent 46% of its time in ``Where``).
     """
-    return ctx.b.op("Mul", value, _float_mask(ctx, cond, value))
+    return ctx.b.op("Mul", value, float_mask(ctx, cond, value))
 
 
-def _float_mask(ctx: Ctx, cond: str, like: str) -> str:
+def float_mask(ctx: Ctx, cond: str, like: str) -> str:
     """The boolean ``cond`` as 0/1 in the element type of ``like``."""
     dt = ctx.g.dtype(like)
     return ctx.b.op("Cast", cond, to=dt) if dt else ctx.b.op("CastLike", cond, like)
@@ -150,7 +150,7 @@ def select(ctx: Ctx, cond: str, then: str, other: str) -> str:
     Exact for finite operands: one term is multiplied by 1, the other by 0, and ``a + 0 = a``.
     """
     b = ctx.b
-    m = _float_mask(ctx, cond, then)
+    m = float_mask(ctx, cond, then)
     rest = b.op("Sub", b.scalar_like(1.0, then), m)
     return b.op("Add", b.op("Mul", then, m), b.op("Mul", other, rest))
 

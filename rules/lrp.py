@@ -40,7 +40,7 @@ from typing import ClassVar, Optional
 import numpy as np
 from onnx import helper
 
-from .base import VJP, Ctx, Unsupported, mask_mul, node_attr
+from .base import VJP, Ctx, Unsupported, float_mask, mask_mul, node_attr
 from .gradient import GRADIENT, Rule
 from .lrp_layer import Layer, nonnegative
 from .support import relu_support
@@ -126,20 +126,20 @@ class LinearRule(Rule):
         if not terms:
             return out
         positive = all(_term_sign(ctx, layer, t, self, nonneg) > 0 for t in terms)
-        # one modified convolution that is >= 0 (z+ after a ReLU): its stabiliser "+ eps" goes into its bias
-        shift = self.epsilon if len(terms) == 1 and positive and terms[0].sign > 0 and self.epsilon > 0 and \
-            self.stabilizer == "sign" and layer.can_shift(ctx, terms[0]) else 0.0
+        # one modified layer that is >= 0 (z+ after a ReLU): stab(z) = z + eps, added through its bias
+        plus = len(terms) == 1 and positive and terms[0].sign > 0 and self.epsilon > 0 and self.stabilizer == "sign"
         z, xs = None, []
         for t in terms:
             xt = layer.input(ctx, t.inp, self)
-            zt = layer.forward(ctx, xt, t.weight, t.bias, self, shift)
+            zt = layer.forward_plus(ctx, xt, t, self, self.epsilon) if plus else \
+                layer.forward(ctx, xt, t.weight, t.bias, self)
             zt = zt if t.sign > 0 else b.op("Neg", zt)
             z = zt if z is None else b.op("Add", z, zt)
             xs.append(xt)
         r = r if support is not None and group.mask == "zpos" else _masked(ctx, layer, r, group.mask)
         if support is not None and z == layer.node.output[0]:
             z, positive = support, True  # the plain layer output: equal where R != 0
-        s = b.op("Div", r, z) if shift else divide(ctx, r, z, self.epsilon, self.stabilizer, nonneg=positive)
+        s = b.op("Div", r, z) if plus else divide(ctx, r, z, self.epsilon, self.stabilizer, nonneg=positive)
         for t, xt in zip(terms, xs):
             c = layer.transpose(ctx, s, t.weight, self)
             factor = layer.multiplier(ctx, t.inp, self)
@@ -195,18 +195,15 @@ def _gamma_nonnegative(ctx: Ctx, layer: "Layer", r: str, rule: LinearRule, suppo
     b, z, x = ctx.b, layer.node.output[0], layer.x()
     if support is not None:
         # where z > 0: relu(z) + gamma zp + eps = stab(z_1); elsewhere R = 0 and the sum is >= eps > 0
-        t = Term(1, "x", "scaled_pos", "scaled_pos")
-        shift = rule.epsilon if layer.can_shift(ctx, t) else 0.0
-        zp = layer.forward(ctx, x, "scaled_pos", "scaled_pos", rule, shift)  # gamma (W+ x + b+) (+ eps)
-        den = b.op("Add", support, zp if shift else b.op("Add", zp, b.scalar_like(rule.epsilon, zp)))
+        zp = layer.forward_plus(ctx, x, Term(1, "x", "scaled_pos", "scaled_pos"), rule, rule.epsilon)
+        den = b.op("Add", support, zp)  # zp = gamma (W+ x + b+) + eps
         return b.op("Mul", x, layer.transpose(ctx, b.op("Div", r, den), "gamma_pos", rule))
     zp = layer.forward(ctx, x, "scaled_pos", "scaled_pos", rule)  # gamma (W+ x + b+)
     zero, eps = b.scalar_like(0.0, z), b.scalar_like(rule.epsilon, z)
     den1 = b.op("Add", b.op("Relu", b.op("Add", z, zp)), eps)
     den2 = b.op("Sub", b.op("Min", b.op("Sub", b.op("Mul", z, b.scalar_like(1.0 + rule.gamma, z)), zp), zero), eps)
-    dt = ctx.g.dtype(r)
-    s1 = b.op("Div", b.op("Mul", r, b.op("Cast", b.op("Greater", z, zero), to=dt)), den1)
-    s2 = b.op("Div", b.op("Mul", r, b.op("Cast", b.op("Less", z, zero), to=dt)), den2)
+    s1 = b.op("Div", _masked(ctx, layer, r, "zpos"), den1)
+    s2 = b.op("Div", _masked(ctx, layer, r, "zneg"), den2)
     back = b.op("Add", layer.transpose(ctx, s1, "gamma_pos", rule), layer.transpose(ctx, s2, "gamma_neg", rule))
     return b.op("Mul", x, back)
 
@@ -230,12 +227,12 @@ def stabilize(ctx: Ctx, z: str, eps: float, kind: str = "sign", nonneg: bool = F
     if eps == 0:
         return z
     b = ctx.b
-    zero, dt = b.scalar_like(0.0, z), ctx.g.dtype(z)
+    zero = b.scalar_like(0.0, z)
     if kind == "zero":
-        return b.op("Add", z, b.op("Mul", b.op("Cast", b.op("Equal", z, zero), to=dt), b.scalar_like(eps, z)))
+        return b.op("Add", z, b.op("Mul", float_mask(ctx, b.op("Equal", z, zero), z), b.scalar_like(eps, z)))
     if nonneg:
         return b.op("Add", z, b.scalar_like(eps, z))
-    pm = b.op("Add", b.op("Mul", b.op("Cast", b.op("GreaterOrEqual", z, zero), to=dt), b.scalar_like(2 * eps, z)),
+    pm = b.op("Add", b.op("Mul", float_mask(ctx, b.op("GreaterOrEqual", z, zero), z), b.scalar_like(2 * eps, z)),
               b.scalar_like(-eps, z))
     return b.op("Add", z, pm)
 

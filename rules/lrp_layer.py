@@ -251,6 +251,13 @@ class Layer:
             ctx.g.set_info(out, ctx.g.dtype(self.node.output[0]), None if shape is None else [1] + list(shape[1:]))
         return out
 
+    def forward_plus(self, ctx: Ctx, xt: str, t: "Term", rule: "LinearRule", eps: float) -> str:
+        """``layer(xt; W_t, b_t) + eps``: through the bias where :meth:`can_shift` (no extra pass), else an ``Add``."""
+        if self.can_shift(ctx, t):
+            return self.forward(ctx, xt, t.weight, t.bias, rule, eps)
+        z = self.forward(ctx, xt, t.weight, t.bias, rule)
+        return ctx.b.op("Add", z, ctx.b.scalar_like(eps, z))
+
     def transpose(self, ctx: Ctx, s: str, w_how: str, rule: LinearRule) -> str:
         """The exact VJP of ``layer(.; W_mod)`` applied to ``s`` (the op's backward adapter)."""
         if w_how == "ones":
