@@ -19,7 +19,7 @@
     the reductions (``ReduceSum``/``ReduceMean``/...): the softmax head, the Box-Muller noise of
     SmoothGrad and the sums over the points of integrated gradients / SmoothGrad;
   - nodes whose floating inputs are all float32 already (the float32 input and cheap pre-processing
-    such as IG's ``x' + a (x - x')``, SmoothGrad's noise generator from its uint32 hash, the sums
+    such as IG's ``x' + a (x - x')``, SmoothGrad's noise generator from its integer hash, the sums
     carried across ``Loop`` iterations);
   - ``ScatterElements``/``ScatterND`` (the max-pool backward sums with ``reduction="add"``, which
     ONNX Runtime's CPU provider has no float16 kernel for);

@@ -16,14 +16,26 @@ Points and weights:
   per sample; result ``mean_k post(grad(x_k))`` with ``post`` none/abs/square.
 * VarGrad: ``mean_k grad(x_k)^2 - (mean_k grad(x_k))^2``.
 
-The noise ``z`` is generated in the graph by a counter-based generator, so a
-seed gives the same noise on CPU and CUDA and across runs: for global element
-index ``i = (k N + n) D + e`` (sample ``k``, batch item ``n``, element ``e`` of
-``D``), ``u1 = U(h(2i + key))``, ``u2 = U(h(2i + 1 + key))`` (arguments modulo
-2^32), ``z = sqrt(-2 ln u1) cos(2 pi u2)`` (Box-Muller), with
-``key = seed * 0x9E3779B9 mod 2^32``, ``U(v) = ((v >> 8) + 0.5) / 2^24`` and ``h`` the
-"lowbias32" integer hash (``x ^= x>>16; x *= 0x7feb352d; x ^= x>>15;
-x *= 0x846ca68b; x ^= x>>16``, all modulo 2^32).
+The noise ``z`` is generated in the graph by a counter-based generator built only
+from int64 ``Mul``/``Add``/``Div``/``Mod`` on non-negative values below 2^63
+(exact integer arithmetic, with CUDA kernels in ONNX Runtime), so a seed gives the
+same integers on CPU and CUDA and across runs.  It depends on the seed, the sample
+``k`` and the element ``e`` (of the ``D`` elements of one batch item) only, not on
+the batch: every item of a batch gets the same ``z_k`` (scaled by its own
+``sigma``), so explaining images together or one by one gives the same maps.  With
+counter ``c = (k D + e) mod 2^32`` and ``key = seed * 0x9E3779B9 mod 2^32``::
+
+    y = c * K1,   t = y + key * K2,   x_0 = t mod 2^31
+    x_r = floor((x_{r-1}^2 + (y if r is odd else t)) / 2^16) mod 2^31,  r = 1 ... 5
+    u1 = U(x_4),  u2 = U(x_5),  z = sqrt(-2 ln u1) cos(2 pi u2)   (Box-Muller)
+
+with ``K1 = 0x1B873593``, ``K2 = 0x165667B1`` and ``U(x) = (floor(x / 2^7) + 0.5) / 2^24``
+(the top 24 of the 31 bits; the integer is exact in float32, ``+ 0.5`` rounds in
+float32).  Every intermediate stays below 2^63 (``c < 2^32``, ``K1, K2 < 2^29``,
+``x < 2^31``).  The rounds are middle-square steps with a Weyl-like term, as in
+Widynski's "Squares" counter-based generator, on a 31-bit state so that the square
+fits in int64.  ``Log``, ``Sqrt`` and ``Cos`` are float32 and may differ in the last
+bits between devices; the integers and ``u1``, ``u2`` do not.
 """
 from __future__ import annotations
 
@@ -52,40 +64,158 @@ def riemann_points(steps: int, kind: str) -> tuple:
     return (k + offset) / steps, np.full(steps, 1.0 / steps)
 
 
+#: Multipliers of the noise generator (odd, below 2^29: every intermediate stays below 2^63).
+NOISE_K1, NOISE_K2 = 0x1B873593, 0x165667B1
+#: Squaring rounds of the noise generator before ``u1`` (``u2`` takes one more).
+NOISE_ROUNDS = 4
+
+
 def noise_key(seed: int) -> int:
+    """The 32-bit key of a noise seed.
+
+    Parameters
+    ----------
+    seed : int
+        The ``seed`` parameter of SmoothGrad/VarGrad.
+
+    Returns
+    -------
+    int
+        ``seed * 0x9E3779B9 mod 2^32``.
+    """
     return (int(seed) * 0x9E3779B9) & 0xFFFFFFFF
 
 
-def _hash(b: Builder, x: str) -> str:
-    """lowbias32 on a uint32 tensor."""
-    def u32(v):
-        return b.const(np.array([v], np.uint32))
-    for shift, mul in ((16, 0x7FEB352D), (15, 0x846CA68B)):
-        x = b.op("BitwiseXor", x, b.op("BitShift", x, u32(shift), direction="RIGHT"))
-        x = b.op("Mul", x, u32(mul))
-    return b.op("BitwiseXor", x, b.op("BitShift", x, u32(16), direction="RIGHT"))
+def element_index(b: Builder, x: str) -> tuple:
+    """The element counter of one batch item of ``x`` (emit it once, outside the Loop).
+
+    Parameters
+    ----------
+    b : Builder
+        Where the nodes go.
+    x : str
+        The input tensor, of shape ``[N, *tail]``.
+
+    Returns
+    -------
+    tuple of str
+        ``(e, d)``: int64 ``e`` of shape ``[1, *tail]`` holding ``0 ... D-1`` in
+        row-major order, and the scalar ``d = D`` (also valid for ``N = 0``).
+    """
+    b = b.scoped(f"{b.prefix}/noise")
+    tail = b.op("Slice", b.op("Shape", x), b.ints([1]), b.ints([_INT64_MAX]))
+    one_item = b.op("Concat", b.ints([1]), tail, axis=0)
+    d = b.op("Size", b.op("ConstantOfShape", one_item, value=helper.make_tensor("v", TensorProto.BOOL, [1], [0])))
+    return b.op("Reshape", b.op("Range", b.ints(0), d, b.ints(1)), one_item), d
 
 
-def _uniform(b: Builder, counter: str) -> str:
-    h = _hash(b, b.op("Cast", counter, to=TensorProto.UINT32))
-    top = b.op("Cast", b.op("BitShift", h, b.const(np.array([8], np.uint32)), direction="RIGHT"),
-               to=TensorProto.FLOAT)
+def noise_counter(b: Builder, it: str, chunk: int, elems: str, size: str, rank: int) -> str:
+    """The noise counters ``c = (k D + e) mod 2^32`` of one loop iteration.
+
+    Parameters
+    ----------
+    b : Builder
+        Where the nodes go.
+    it : str
+        The int64 loop iteration; it holds samples ``k = it * chunk + j``, ``j < chunk``.
+    chunk : int
+        Samples per iteration.
+    elems, size : str
+        ``(e, D)`` from :func:`element_index` of the input.
+    rank : int
+        The rank of the input.
+
+    Returns
+    -------
+    str
+        int64 counters of shape ``[chunk, 1, *tail]``: no batch dependence.
+    """
+    b = b.scoped(f"{b.prefix}/noise")
+    ks = b.ints(np.arange(chunk).reshape([chunk] + [1] * rank))
+    k = b.op("Add", b.op("Mul", it, b.ints(chunk)), ks)
+    return b.op("Mod", b.op("Add", b.op("Mul", k, size), elems), b.ints(2 ** 32))
+
+
+def noise_words(b: Builder, c: str, seed: int) -> tuple:
+    """The hash of the noise generator (the rounds of the module docstring).
+
+    Only int64 ``Mul``, ``Add``, ``Div`` and ``Mod`` on non-negative values below
+    2^63: exact, hence bit-identical on every device.
+
+    Parameters
+    ----------
+    b : Builder
+        Where the nodes go.
+    c : str
+        int64 counters in ``[0, 2^32)``.
+    seed : int
+        The noise seed.
+
+    Returns
+    -------
+    tuple of str
+        The int64 24-bit words ``floor(x_4 / 2^7)`` and ``floor(x_5 / 2^7)``, shaped like ``c``.
+    """
+    b = b.scoped(f"{b.prefix}/noise")
+    y = b.op("Mul", c, b.ints(NOISE_K1))
+    t = b.op("Add", y, b.ints(noise_key(seed) * NOISE_K2))
+    x = b.op("Mod", t, b.ints(2 ** 31))
+    words = []
+    for r in range(1, NOISE_ROUNDS + 2):
+        s = b.op("Add", b.op("Mul", x, x), y if r % 2 else t)
+        x = b.op("Mod", b.op("Div", s, b.ints(2 ** 16)), b.ints(2 ** 31))
+        if r >= NOISE_ROUNDS:
+            words.append(b.op("Div", x, b.ints(2 ** 7)))
+    return tuple(words)
+
+
+def noise_uniform(b: Builder, word: str) -> str:
+    """Uniform numbers from 24-bit words.
+
+    Parameters
+    ----------
+    b : Builder
+        Where the nodes go.
+    word : str
+        int64 words in ``[0, 2^24)`` (exact in float32).
+
+    Returns
+    -------
+    str
+        float32 ``(word + 0.5) / 2^24`` (the sum rounded to float32), in ``(0, 1]``.
+    """
+    top = b.op("Cast", word, to=TensorProto.FLOAT)
     return b.op("Mul", b.op("Add", top, b.const(np.float32(0.5))), b.const(np.float32(2.0 ** -24)))
 
 
-def gaussian_noise(b: Builder, it: str, chunk: int, x: str, seed: int) -> str:
-    """Standard normal noise of shape ``[chunk, *shape(x)]`` for loop iteration ``it`` (float32)."""
-    shp = b.op("Shape", x)
-    total = b.op("ReduceProd", b.op("Concat", b.ints([chunk]), shp, axis=0), keepdims=0)
-    idx = b.op("Range", b.ints(0), total, b.ints(1))
-    base = b.op("Mul", it, total)  # it * C * N * D
-    gi = b.op("Add", idx, base)
-    two = b.op("Add", b.op("Mul", gi, b.ints(2)), b.ints(noise_key(seed)))
-    u1 = _uniform(b, two)
-    u2 = _uniform(b, b.op("Add", two, b.ints(1)))
+def gaussian_noise(b: Builder, it: str, chunk: int, elems: str, size: str, seed: int, rank: int) -> str:
+    """Standard normal noise of shape ``[chunk, 1, *tail]`` for loop iteration ``it`` (float32).
+
+    Parameters
+    ----------
+    b : Builder
+        Where the nodes go (the Loop body).
+    it : str
+        The int64 loop iteration.
+    chunk : int
+        Samples per iteration: the noise holds samples ``it*chunk ... it*chunk + chunk - 1``.
+    elems, size : str
+        :func:`element_index` of the input (computed outside the Loop).
+    seed : int
+        The noise seed.
+    rank : int
+        The rank of the input.
+
+    Returns
+    -------
+    str
+        The noise; it broadcasts over the batch axis (one draw per sample and element).
+    """
+    v1, v2 = noise_words(b, noise_counter(b, it, chunk, elems, size, rank), seed)
+    b = b.scoped(f"{b.prefix}/noise")
+    u1, u2 = noise_uniform(b, v1), noise_uniform(b, v2)
     r = b.op("Sqrt", b.op("Mul", b.op("Log", u1), b.const(np.float32(-2.0))))
-    z = b.op("Mul", r, b.op("Cos", b.op("Mul", u2, b.const(np.float32(2 * math.pi)))))
-    return b.op("Reshape", z, b.op("Concat", b.ints([chunk]), shp, axis=0))
+    return b.op("Mul", r, b.op("Cos", b.op("Mul", u2, b.const(np.float32(2 * math.pi)))))
 
 
 class SamplingPlan:
@@ -138,7 +268,8 @@ def _expand_points(b: Builder, g: Graph, method: str, x: str, params: dict, alph
         a = b.op("CastLike", b.op("Reshape", alphas_c, b.ints([plan.chunk] + [1] * rank)), x)
         pts = b.op("Add", extras["ref"][x], b.op("Mul", a, extras["diff"][x]))
     else:
-        z = gaussian_noise(b, it, plan.chunk, x, params["seed"])
+        elems, size = extras["elems"][x]
+        z = gaussian_noise(b, it, plan.chunk, elems, size, params["seed"], rank)  # [C, 1, ...]
         pts = b.op("Add", x, b.op("Mul", b.op("CastLike", z, x), extras["sigma"][x]))
     tail = b.op("Slice", b.op("Shape", x), b.ints([1]), b.ints([_INT64_MAX]))
     return b.op("Reshape", pts, b.op("Concat", b.ints([-1]), tail, axis=0))
@@ -206,7 +337,7 @@ def emit_sampling(g: Graph, main: list, method: str, params: dict, fwd_nodes: li
 def _prepare(b: Builder, g: Graph, method: str, params: dict, wrt: list) -> dict:
     from .references import reference_tensor
 
-    extras: dict = {"ref": {}, "diff": {}, "sigma": {}}
+    extras: dict = {"ref": {}, "diff": {}, "sigma": {}, "elems": {}}
     for x in wrt:
         if method == "integrated_gradients":
             ref = reference_tensor(b, g, x, params)
@@ -216,6 +347,7 @@ def _prepare(b: Builder, g: Graph, method: str, params: dict, wrt: list) -> dict
             axes = list(range(1, g.rank(x)))
             span = b.op("Sub", b.reduce("ReduceMax", x, axes), b.reduce("ReduceMin", x, axes))
             extras["sigma"][x] = b.op("Mul", span, b.scalar_like(params["noise_scale"], x))
+            extras["elems"][x] = element_index(b, x)
     return extras
 
 

@@ -105,35 +105,42 @@ def test_integrated_gradients_completeness(cnn, x, ref):
     np.testing.assert_allclose(sums, fx - f0, rtol=2e-2, atol=1e-3)
 
 
-def _lowbias32(v: np.ndarray) -> np.ndarray:
-    v = v.astype(np.uint64) & 0xFFFFFFFF
-    v ^= v >> 16
-    v = (v * 0x7FEB352D) & 0xFFFFFFFF
-    v ^= v >> 15
-    v = (v * 0x846CA68B) & 0xFFFFFFFF
-    v ^= v >> 16
-    return v
+def _noise_words(seed: int, samples: int, item_shape, first: int = 0) -> tuple:
+    """The documented generator's integers: counter c = (k D + e) mod 2^32, five squaring rounds.
+
+    Evaluated in Python integers (no wrap-around can hide an overflow of the graph's
+    int64; each intermediate is checked to stay below 2^63).  Returns the 24-bit
+    words ``floor(x_4 / 2^7)``, ``floor(x_5 / 2^7)`` of samples ``first ...
+    first + samples - 1``, int64 of shape ``[samples, 1, *item_shape]``.
+    """
+    d = int(np.prod(item_shape))
+    k = (first + np.arange(samples)).astype(object).reshape(-1, 1)
+    c = (k * d + np.arange(d).astype(object)) % 2 ** 32
+    key = (seed * 0x9E3779B9) % 2 ** 32
+    y = c * 0x1B873593
+    t = y + key * 0x165667B1
+    x, words = t % 2 ** 31, []
+    for r in range(1, 6):
+        s = x * x + (y if r % 2 else t)
+        assert max(s.ravel()) < 2 ** 63
+        x = (s // 2 ** 16) % 2 ** 31
+        if r >= 4:
+            words.append((x // 2 ** 7).astype(np.int64).reshape((samples, 1) + tuple(item_shape)))
+    return tuple(words)
 
 
 def _noise(seed: int, samples: int, shape) -> np.ndarray:
-    """The documented generator: index i = (k N + n) D + e, Box-Muller on two hashed counters."""
-    n_total = samples * int(np.prod(shape))
-    i = np.arange(n_total, dtype=np.int64)
-    key = (seed * 0x9E3779B9) & 0xFFFFFFFF
-    c = 2 * i + key
-
-    def uniform(v):
-        return ((_lowbias32(v) >> 8).astype(np.float32) + np.float32(0.5)) * np.float32(2.0 ** -24)
-    u1, u2 = uniform(c), uniform(c + 1)
-    z = np.sqrt(np.float32(-2.0) * np.log(u1)) * np.cos(u2 * np.float32(2 * np.pi))
-    return z.reshape((samples,) + tuple(shape)).astype(np.float64)
+    """The documented noise z[k, 0, ...] (float64 Box-Muller on U(v) = (v + 0.5) / 2^24); broadcasts over the batch."""
+    v1, v2 = _noise_words(seed, samples, shape[1:])
+    u1, u2 = (v1 + 0.5) / 2 ** 24, (v2 + 0.5) / 2 ** 24
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2 * np.pi * u2)
 
 
 def _noisy_grads(ref, x, samples, scale, seed):
     z = _noise(seed, samples, x.shape)
     span = (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3))).reshape(-1, 1, 1, 1)
     t = ref.top({"x": x})
-    return np.stack([ref.logit_gradient(x + scale * span * z[k], t) for k in range(samples)])
+    return np.stack([ref.logit_gradient(x + scale * span * z[k], t) for k in range(samples)])  # z[k]: [1, ...]
 
 
 @pytest.mark.parametrize("post", ["none", "abs", "square"])
