@@ -15,8 +15,10 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from ..rules.base import Ctx, Unsupported
+from ..rules.gradient import Gradient
 from .errors import CompileError, Problem
 from .graph import Builder, Graph, node_label
+from .schedule import delay_forward_work
 
 
 def differentiable_path(g: Graph, nodes: list, wrt, targets) -> set:
@@ -99,6 +101,7 @@ def emit_backward(g: Graph, nodes: list, seeds: dict, wrt: list, assign: Callabl
         acc.add(t, s)
     problems = []
     readers: dict = {}
+    values: dict = {}  # forward tensors rules read in place of others (Ctx.value)
     for n in path_nodes(g, nodes, on_path):
         for i in dict.fromkeys(i for i in n.input if i):
             readers.setdefault(i, []).append(n)
@@ -117,12 +120,16 @@ def emit_backward(g: Graph, nodes: list, seeds: dict, wrt: list, assign: Callabl
                 if gi is not None:
                     acc.add(i, gi)
             continue
-        ctx = Ctx(Builder(g, out, f"{node_label(n)}/{rule.name}"), g, [i in on_path for i in n.input], assign, readers)
+        scope = f"{node_label(n)}/{rule.name}"
+        ctx = Ctx(Builder(g, out, scope), g, [i in on_path for i in n.input], assign, readers, values)
+        start = len(out)
         try:
             gins = rule.backward(ctx, n, gy)
         except Unsupported as exc:
             problems.append(Problem(g.source, node_label(n), n.op_type, exc.message, exc.fix))
             gins = _stand_ins(n, on_path)
+        if not isinstance(rule, Gradient):  # gradient masks are as large as the activations they replace
+            delay_forward_work(g, out, start, gy, scope)
         if len(gins) != len(n.input):
             raise AssertionError(f"rule {rule.name} returned {len(gins)} inputs for {n.op_type} with {len(n.input)}")
         for i, gi in zip(n.input, gins):

@@ -75,6 +75,22 @@ class Ctx:
     assign: Optional[Callable] = None
     #: tensor -> the forward nodes on the differentiated path that read it (set by the emitter)
     consumers: Optional[dict] = None
+    #: forward tensor -> the tensor rules read in its place (shared by one emission, see :meth:`value`)
+    values: Optional[dict] = None
+
+    def value(self, name: str) -> str:
+        """The forward tensor ``name`` as an LRP rule whose contributions vanish with the relevance should read it.
+
+        Usually ``name`` itself.  A residual branch ``a`` that is only summed, ``y = relu(a + b)``, is
+        read as ``y - b`` (:func:`onnxplain.rules.support.residual_operand`): equal wherever relevance
+        reaches ``a``, and ``a`` need not be kept from the forward pass to the backward pass.
+        """
+        if self.values is None:
+            return name
+        if name not in self.values:
+            from .support import residual_operand  # support imports this module
+            self.values[name] = residual_operand(self, name) or name
+        return self.values[name]
 
     def shape(self, name: str):
         return self.g.shape(name)

@@ -137,7 +137,7 @@ class LinearRule(Rule):
             z = zt if z is None else b.op("Add", z, zt)
             xs.append(xt)
         r = r if support is not None and group.mask == "zpos" else _masked(ctx, layer, r, group.mask)
-        if support is not None and z == layer.node.output[0]:
+        if support is not None and z == ctx.value(layer.node.output[0]):
             z, positive = support, True  # the plain layer output: equal where R != 0
         s = b.op("Div", r, z) if plus else divide(ctx, r, z, self.epsilon, self.stabilizer, nonneg=positive)
         for t, xt in zip(terms, xs):
@@ -192,7 +192,7 @@ def _gamma_nonnegative(ctx: Ctx, layer: "Layer", r: str, rule: LinearRule, suppo
     ``R != 0`` and ``>= eps`` elsewhere: ``R_in = x (.) layer^T_{W + gamma W+}(R / (relu(z) + gamma zp + eps))``,
     and the layer's pre-activation ``z`` is not read (its ReLU fuses into the convolution).
     """
-    b, z, x = ctx.b, layer.node.output[0], layer.x()
+    b, z, x = ctx.b, ctx.value(layer.node.output[0]), layer.x()
     if support is not None:
         # where z > 0: relu(z) + gamma zp + eps = stab(z_1); elsewhere R = 0 and the sum is >= eps > 0
         zp = layer.forward_plus(ctx, x, Term(1, "x", "scaled_pos", "scaled_pos"), rule, rule.epsilon)
@@ -212,7 +212,7 @@ def _masked(ctx: Ctx, layer: "Layer", r: str, mask: str) -> str:
     if mask == "all":
         return r
     b = ctx.b
-    z = layer.node.output[0]
+    z = ctx.value(layer.node.output[0])
     return mask_mul(ctx, b.op("Greater" if mask == "zpos" else "Less", z, b.scalar_like(0.0, z)), r)
 
 
@@ -302,7 +302,7 @@ class Norm(Rule):
         z = node.output[0] if y is None else y
         s = divide(ctx, gy[0], z, self.epsilon, self.stabilizer, y is not None or nonnegative(ctx.g, z))
         grads = GRADIENT.backward(ctx, node, [s] + [None] * (len(node.output) - 1))
-        return [None if g is None else ctx.b.op("Mul", node.input[i], g) for i, g in enumerate(grads)]
+        return [None if g is None else ctx.b.op("Mul", ctx.value(node.input[i]), g) for i, g in enumerate(grads)]
 
 
 PASS = Pass()

@@ -230,7 +230,7 @@ class Layer:
         :meth:`can_shift`, is added to the bias: ONNX Runtime folds it, no extra pass over the output)."""
         if xt == self.x() and w_how == "w" and (b_how == "b" or self.bias is None) and not shift and \
                 self.node.op_type != "BatchNormalization":
-            return self.node.output[0]  # the forward pass already computed it
+            return ctx.value(self.node.output[0])  # the forward pass already computed it
         wm, bm = self._params(ctx, w_how, b_how, rule)
         if self.node.op_type == "BatchNormalization":
             y = ctx.b.op("Mul", xt, wm)

@@ -75,3 +75,43 @@ def relu_support(ctx: Ctx, z: str) -> Optional[str]:
     if isinstance(rule, Gradient) or (rule.passes_relevance and relevance_vanishes_at_zero(ctx, relu.output[0])):
         return relu.output[0]
     return None
+
+
+def residual_operand(ctx: Ctx, a: str) -> Optional[str]:
+    """``y - b`` for a residual branch ``a`` of ``y = relu(a + b)``, where it may replace ``a``; else None.
+
+    When ``a``'s only consumer is a two-input sum ``a + b`` of equal shapes whose rule maps zero output
+    relevance to zero input relevance element by element (``lrp.norm``, the gradient), and the relevance
+    at the sum vanishes wherever ``a + b <= 0`` (:func:`relu_support` gives ``y = relu(a + b)``), then
+    relevance reaches ``a`` only where ``y > 0``, and there ``a = y - b``.  Rules whose contributions are
+    proportional to the relevance at ``a`` (``lrp.norm`` at the sum, the linear rules of ``a``'s producer)
+    may read ``y - b`` instead: the same numbers up to float rounding (``y = a + b`` rounded), and the
+    forward pass need not keep ``a`` (in ResNets the largest tensors, each block's last convolution,
+    which can then fuse with the sum and the ReLU).  Of two eligible inputs only the first is replaced.
+    """
+    if ctx.assign is None or ctx.consumers is None or a in ctx.g.output_names():
+        return None
+    consumers = ctx.consumers.get(a, [])
+    if len(consumers) != 1 or consumers[0].op_type not in ("Add", "Sum") or len(consumers[0].input) != 2:
+        return None
+    add = consumers[0]
+    k = list(add.input).index(a)
+    other = add.input[1 - k]
+    shapes = [ctx.g.shape(t) for t in (add.input[0], add.input[1], add.output[0])]
+    if other == a or any(s is None for s in shapes) or not shapes[0] == shapes[1] == shapes[2]:
+        return None
+    if k == 1 and _only_summed(ctx, other, add):
+        return None  # the first input is replaced, this one is read as it is
+    rule = ctx.assign(add)
+    if rule is None or not (isinstance(rule, Gradient) or rule.scales_input(add, k)):
+        return None
+    y = relu_support(ctx, add.output[0])
+    if y is None:
+        return None
+    out = ctx.b.op("Sub", y, other)
+    ctx.g.alias(out, a)
+    return out
+
+
+def _only_summed(ctx: Ctx, t: str, add) -> bool:
+    return t not in ctx.g.output_names() and ctx.consumers.get(t, []) == [add]

@@ -6,6 +6,11 @@ compiled model that uses it for the backward of disjoint max-pool windows (VGG's
 choice) would run that node on the CPU, copying the pool's gradient and indices to the host and the
 full-resolution result back at every call. :func:`for_cuda` replaces each ``MaxUnpool`` by the equivalent
 ``ScatterElements`` into zeros (indices of disjoint windows are distinct, so a plain scatter is exact).
+
+It also removes the scheduling hints of the LRP rules (:mod:`onnxplain.compiler.schedule`): on the CPU
+they keep ONNX Runtime from computing the rules' work on forward activations during the forward pass
+(memory), but their integer shape arithmetic would run on the host, so every hint would make the host
+wait for the GPU once per layer; GPU memory is ample.
 """
 from __future__ import annotations
 
@@ -13,20 +18,42 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..compiler.graph import all_names, all_nodes, fresh_name
+from ..compiler.schedule import SCHEDULE_SCOPE
+
+_HINT = f"/{SCHEDULE_SCOPE}/"
 
 
 def needs_cuda_rewrite(model: onnx.ModelProto) -> bool:
     """Whether ``model`` (subgraphs included) has an op :func:`for_cuda` replaces."""
-    return any(n.op_type == "MaxUnpool" for n in all_nodes(model.graph))
+    return any(n.op_type == "MaxUnpool" or _HINT in n.name for n in all_nodes(model.graph))
 
 
 def for_cuda(model: onnx.ModelProto) -> int:
-    """Replace every ``MaxUnpool`` of ``model`` (subgraphs included) in place; return how many.
+    """Rewrite ``model`` (subgraphs included) in place for CUDA; return how many nodes were replaced or removed.
 
     ``MaxUnpool(dy, I, shape)`` becomes ``Reshape(ScatterElements(zeros[prod(shape)], I.flat, dy.flat,
     axis=0), shape)``: the same numbers (each index appears once), and kernels the CUDA provider has.
+    Scheduling hints (``Reshape`` views of a tensor, see :func:`onnxplain.compiler.schedule.after`) are
+    removed, their readers read the tensor itself: the same numbers.
     """
-    return _rewrite(model.graph, all_names(model.graph))
+    return _drop_hints(model.graph) + _rewrite(model.graph, all_names(model.graph))
+
+
+def _drop_hints(graph: onnx.GraphProto) -> int:
+    count = sum(_drop_hints(a.g) for n in graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH)
+    hints = [n for n in graph.node if _HINT in n.name]
+    if not hints:
+        return count
+    made = {o for h in hints for o in h.output}
+    # the views: Reshape(x, Shape(x) + zero), not the Reshape that flattens the relevance
+    same = {n.output[0]: n.input[0] for n in hints if n.op_type == "Reshape" and n.input[1] in made}
+    keep = [n for n in graph.node if _HINT not in n.name]
+    for n in keep:
+        for k, i in enumerate(n.input):
+            n.input[k] = same.get(i, i)
+    del graph.node[:]
+    graph.node.extend(keep)
+    return count + len(hints)
 
 
 def _rewrite(graph: onnx.GraphProto, taken: set) -> int:

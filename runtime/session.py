@@ -64,7 +64,8 @@ def make_session(model, providers: Optional[Sequence] = None, threads: Optional[
 
     ``providers`` are names or ``(name, options)`` pairs, as ONNX Runtime takes them (default:
     :func:`default_providers`). ``threads`` sets the intra-op threads of the CPU provider (also used
-    by nodes that a GPU provider leaves on the CPU).
+    by nodes that a GPU provider leaves on the CPU).  CPU sessions run without ONNX Runtime's memory
+    pattern (``enable_mem_pattern=False``): lower peak memory for explanation graphs, same speed.
     """
     import onnxruntime as ort
 
@@ -77,6 +78,10 @@ def make_session(model, providers: Optional[Sequence] = None, threads: Optional[
         data = _cuda_ready(model)
     else:
         data = model.SerializeToString() if hasattr(model, "SerializeToString") else model
+        # the memory pattern (one block per run, laid out from the first run's allocations) packs the
+        # many long-lived activations of an explanation graph poorly: ResNet-50 batch 8, lrp.epsilon_plus_flat
+        # peak RSS 1466 -> 1067 MiB, plain forward 399 -> 347 MiB, run time unchanged (docs/speed.md)
+        so.enable_mem_pattern = False
     return ort.InferenceSession(data, so, providers=providers)
 
 
