@@ -15,6 +15,7 @@ import statistics
 import sys
 import threading
 import time
+from typing import Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -182,9 +183,39 @@ def ort_job(job: dict, spec: dict, x, state: dict) -> dict:
     outs = [o.numpy() if hasattr(o, "numpy") else o for o in timing.pop("last")]  # host copies, after timing
     res["finite"] = bool(np.isfinite(outs[-1]).all())
     res.update(timing)
+    if job["engine"] == "onnxplain" and spec["device"] == "cpu" and spec.get("paired_rounds"):
+        res["paired"] = paired_with_forward(call, spec, name, x, timing["median_s"])
     if job["engine"] == "onnxplain":
         _compare_precisions(job, outs, state, res)
     return res
+
+
+def paired_with_forward(call, spec: dict, name: str, x, median_s: float) -> Optional[dict]:
+    """Alternate ``call`` with the plain forward pass (a second session, created after the memory was
+    measured) for ``paired_rounds`` rounds: the ratio of each round's two times, under the same load.
+
+    Skipped (None) for calls over 15 s (IG, SmoothGrad on big models) or when the deadline is near.
+    """
+    from onnxplain.runtime.session import make_session, providers_for
+
+    rounds = spec["paired_rounds"]
+    if median_s > 15.0 or time.time() + rounds * 1.5 * median_s > spec["deadline"]:
+        return None
+    fwd = make_session(spec["onnx"], providers_for("cpu"), spec["threads"])
+    fwd.run(None, {name: x})
+    f_s, m_s = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fwd.run(None, {name: x})
+        f_s.append(time.perf_counter() - t0)
+        time.sleep(0.05)  # each session has its own thread pool, whose threads spin for a while after a run
+        t0 = time.perf_counter()
+        call()
+        m_s.append(time.perf_counter() - t0)
+        time.sleep(0.05)
+    ratios = [m / f for m, f in zip(m_s, f_s)]
+    return {"forward_s": f_s, "method_s": m_s, "ratio_median": statistics.median(ratios),
+            "ratio_of_medians": statistics.median(m_s) / statistics.median(f_s)}
 
 
 def _compare_precisions(job: dict, outs: list, state: dict, res: dict) -> None:

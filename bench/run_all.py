@@ -37,9 +37,9 @@ from harness_peers import PEER_METHODS  # noqa: E402
 MODELS = ("vgg16", "resnet50", "efficientnet_lite0", "mobilenet_v2")
 DEFAULTS = {  # per device: batches, repeats, max seconds per job, compile repeats, images per IG/SmoothGrad expansion
     "cpu": {"batches": "1,8", "repeats": 5, "max_job_s": 120.0, "compile_repeats": 3, "chunk_images": 32,
-            "isolate": "job"},
+            "isolate": "job", "paired_rounds": 5},
     "cuda": {"batches": "64,8,1", "repeats": 10, "max_job_s": 4.0, "compile_repeats": 1, "chunk_images": 256,
-             "isolate": "engine"},
+             "isolate": "engine", "paired_rounds": 0},
 }
 
 
@@ -66,6 +66,10 @@ def parse_args(argv=None):
     ap.add_argument("--chunk-images", type=int,
                     help="memory bound of IG/SmoothGrad: images per expanded batch (onnxplain chunk = this / batch; "
                          "Captum's internal batch sizes likewise); cpu 32, cuda 256")
+    ap.add_argument("--paired-rounds", type=int,
+                    help="after its own timing, each onnxplain job of at most 15 s per call alternates this many "
+                         "calls with the plain forward pass in the same process: ratios that a shared machine's "
+                         "changing load does not skew (cpu 5, cuda 0 = off)")
     ap.add_argument("--isolate", choices=["job", "engine"],
                     help="one measuring process per job (exact peak RSS; cpu default) or per engine (cuda default)")
     ap.add_argument("--budget-s", type=float, default=0.0,
@@ -82,7 +86,7 @@ def parse_args(argv=None):
     ap.add_argument("--prepare-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     d = DEFAULTS[args.device]
-    for key in ("repeats", "max_job_s", "compile_repeats", "chunk_images", "isolate"):
+    for key in ("repeats", "max_job_s", "compile_repeats", "chunk_images", "isolate", "paired_rounds"):
         if getattr(args, key) is None:
             setattr(args, key, d[key])
     args.batches = [int(b) for b in (args.batches or d["batches"]).split(",")]
@@ -287,7 +291,7 @@ def run_config(run: Run, args, batch: int, phase: int, model: str, ctx: dict) ->
             "onnx": info["path"], "state": info["state"], "workdir": workdir, "repeats": args.repeats,
             "min_repeats": args.min_repeats, "max_job_s": args.max_job_s,
             "compile_repeats": args.compile_repeats, "chunk_images": args.chunk_images,
-            "job_reserve_s": 15.0 if args.device == "cuda" else 5.0}  # no job starts later than this
+            "paired_rounds": args.paired_rounds, "job_reserve_s": 15.0 if args.device == "cuda" else 5.0}  # no job starts later than this
     for group in groups(jobs, args.isolate):
         run_group(run, group, base, args, deadline)
 
@@ -299,7 +303,7 @@ def make_meta(args) -> dict:
             "peers": args.peers, "missing_peers": args.missing_peers, "precisions": args.precisions,
             "repeats": args.repeats, "min_repeats": args.min_repeats, "max_job_s": args.max_job_s,
             "compile_repeats": args.compile_repeats, "chunk_images": args.chunk_images, "isolate": args.isolate,
-            "budget_s": args.budget_s, "loadavg_start": list(os.getloadavg())}
+            "paired_rounds": args.paired_rounds, "budget_s": args.budget_s, "loadavg_start": list(os.getloadavg())}
     meta["versions"] = common.versions()
     if args.device == "cuda":
         meta["gpu"] = gpu_name()
