@@ -13,7 +13,7 @@ from .rules.methods import METHODS
 def compile(model, methods: Union[str, Sequence[str], dict] = "gradient", *, output: Optional[str] = None,
             inputs: Optional[Sequence[str]] = None, strip_softmax: bool = True, batchnorm: str = "fold",
             fold_bn: bool = True, health: bool = False, params: Optional[dict] = None,
-            precision: str = "float32", **kwargs) -> onnx.ModelProto:
+            precision: str = "float32", device: str = "cpu", **kwargs) -> onnx.ModelProto:
     """Compile an ONNX model into one whose extra outputs are explanation maps.
 
     Parameters
@@ -49,6 +49,12 @@ def compile(model, methods: Union[str, Sequence[str], dict] = "gradient", *, out
         elementwise ops between them) in float16 for GPUs, keeping the inputs and outputs float32
         and the fragile parts (LRP stabilisers and divisions, softmax, reductions, the noise
         generator, loop accumulators) float32; see :mod:`onnxplain.compiler.precision`.
+    device : {"cpu", "cuda"}
+        The ONNX Runtime provider the file is meant for (it loads on any).  ``"cuda"`` writes what
+        :func:`onnxplain.runtime.cuda_rewrite.for_cuda` makes of the graph: no LRP scheduling hints
+        (on the CPU they lower peak memory; on a GPU their shape arithmetic would wait for the device
+        once per layer) and ``ScatterElements`` for ``MaxUnpool`` (no CUDA kernel).  Use it for files
+        that run in plain onnxruntime-gpu; :class:`Explainer` and ``make_session`` do it themselves.
     **kwargs
         More parameters, as in ``params``.
 
@@ -69,15 +75,22 @@ def compile(model, methods: Union[str, Sequence[str], dict] = "gradient", *, out
     _reject_agnostic(methods)
     if not fold_bn and batchnorm == "fold":
         batchnorm = "pass"
-    if precision not in ("float32", "float16"):
+    if precision not in ("float32", "float16") or device not in ("cpu", "cuda"):
         from .compiler.errors import CompileError, Problem
-        raise CompileError([Problem("model", None, None, f"unknown precision '{precision}'",
-                                    "use precision='float32' (default) or 'float16'")])
+        bad = [(precision, "precision", "use precision='float32' (default) or 'float16'")] * (
+            precision not in ("float32", "float16")) + [(device, "device", "use device='cpu' (default) or 'cuda'")] * (
+            device not in ("cpu", "cuda"))
+        raise CompileError([Problem("model", None, None, f"unknown {what} '{v}'", fix) for v, what, fix in bad])
     compiled = compile_graph(model, methods, merged, output, list(inputs) if inputs else None, strip_softmax,
                              batchnorm, health).model
     if precision == "float16":
         from .compiler.precision import to_float16
         compiled = to_float16(compiled)
+    if device == "cuda":
+        from .runtime.cuda_rewrite import for_cuda
+        for_cuda(compiled)
+        onnx.helper.set_model_props(compiled, {**{p.key: p.value for p in compiled.metadata_props},
+                                               "onnxplain.device": "cuda"})
     return compiled
 
 

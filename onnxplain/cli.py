@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--float16", action="store_true",
                    help="compute in float16 (for GPUs): weights and heavy ops float16, inputs/outputs and fragile "
                         "parts (LRP stabilisers, divisions, softmax, reductions) float32; see docs/cuda.md")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="the ONNX Runtime provider the file is for (it loads on any): 'cuda' leaves out the LRP "
+                        "scheduling hints (lower memory on the CPU, host-device waits on a GPU) and replaces "
+                        "MaxUnpool (no CUDA kernel); for files run in plain onnxruntime-gpu (default: cpu)")
     _add_model_options(p)
 
     p = sub.add_parser("methods", help="list the methods with their parameters")
@@ -139,6 +143,7 @@ def _dispatch(args) -> int:
     if args.command == "compile":
         opts["health"] = args.health
         opts["precision"] = "float16" if args.float16 else "float32"
+        opts["device"] = args.device
     if args.command == "compile":
         if not args.methods:
             raise OnnxplainError("give at least one method with -m (see `onnxplain methods`)")

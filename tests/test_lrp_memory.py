@@ -138,3 +138,26 @@ def test_cpu_sessions_without_memory_pattern():
     model, _ = _residual_mlp(rng(23))
     sess = make_session(onnxplain.compile(model, "lrp.epsilon_plus_flat"), ["CPUExecutionProvider"], 1)
     assert sess.get_session_options().enable_mem_pattern is False
+
+
+def test_compile_for_cuda(tmp_path):
+    """``device="cuda"`` / ``onnxplain compile --device cuda``: the file plain onnxruntime-gpu should get
+    (no scheduling hints, no MaxUnpool), the same maps bit for bit, metadata ``onnxplain.device``."""
+    from onnxplain.cli import main
+    from onnxplain.runtime.cuda_rewrite import needs_cuda_rewrite
+
+    r = rng(24)
+    model, _ = _residual_mlp(r)
+    cpu = onnxplain.compile(model, "lrp.epsilon_gamma_box", low=-3.0, high=3.0)
+    gpu = onnxplain.compile(model, "lrp.epsilon_gamma_box", low=-3.0, high=3.0, device="cuda")
+    assert needs_cuda_rewrite(cpu) and not needs_cuda_rewrite(gpu)
+    assert {p.key: p.value for p in gpu.metadata_props}["onnxplain.device"] == "cuda"
+    x = r.standard_normal((4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(run(gpu, {"x": x})["lrp.epsilon_gamma_box/x"],
+                                  run(cpu, {"x": x})["lrp.epsilon_gamma_box/x"])
+    src, out = tmp_path / "m.onnx", tmp_path / "m.cuda.onnx"
+    onnx.save(model, str(src))
+    assert main(["compile", str(src), "-m", "lrp.epsilon_plus_flat", "--device", "cuda", "-o", str(out)]) == 0
+    assert not needs_cuda_rewrite(onnx.load(str(out)))
+    with pytest.raises(SystemExit):
+        main(["compile", str(src), "-m", "gradient", "--device", "tpu", "-o", str(out)])
