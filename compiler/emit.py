@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from ..rules.base import Ctx, Unsupported
-from ..rules.gradient import Gradient
 from .errors import CompileError, Problem
 from .graph import Builder, Graph, node_label
 from .schedule import delay_forward_work
@@ -128,7 +127,7 @@ def emit_backward(g: Graph, nodes: list, seeds: dict, wrt: list, assign: Callabl
         except Unsupported as exc:
             problems.append(Problem(g.source, node_label(n), n.op_type, exc.message, exc.fix))
             gins = _stand_ins(n, on_path)
-        if not isinstance(rule, Gradient):  # gradient masks are as large as the activations they replace
+        if rule.delays_forward_work:
             delay_forward_work(g, out, start, gy, scope)
         if len(gins) != len(n.input):
             raise AssertionError(f"rule {rule.name} returned {len(gins)} inputs for {n.op_type} with {len(n.input)}")

@@ -25,16 +25,14 @@ from .graph import Builder, Graph
 SCHEDULE_SCOPE = "onnxplain.schedule"
 
 
-def after(b: Builder, g: Graph, x: str, r: str, zero: str = None) -> str:
-    """``x`` itself, as a tensor that exists only once ``r`` has been computed.
+def after(b: Builder, g: Graph, x: str, zero: str) -> str:
+    """``x`` itself, as a tensor that exists only once ``zero`` (:func:`zero_after` of some ``r``) does.
 
     ``Reshape(x, Shape(x) + zero)`` with ``zero = ReduceSum(Cast(e > e))`` and ``e`` the first element of
     ``r`` (none for an empty ``r``): ``e > e`` is false, also for NaN, so the shape is ``x``'s own and
     the ``Reshape`` is a view.  The data dependency goes through ``e``, not through ``Shape(r)``: ONNX
-    Runtime merges ``Shape`` nodes of tensors with equal symbolic shapes, which would remove it.  Pass
-    ``zero`` (from :func:`zero_after`) to share it between tensors.
+    Runtime merges ``Shape`` nodes of tensors with equal symbolic shapes, which would remove it.
     """
-    zero = zero or zero_after(b, r)
     out = b.op("Reshape", x, b.op("Add", b.shape_of(x), zero))
     g.alias(out, x)
     return out
@@ -77,7 +75,7 @@ def delay_forward_work(g: Graph, out: list, start: int, relevance: list, prefix:
             if i and i not in produced and g.const(i) is None:
                 if i not in late:
                     zero = zero or zero_after(b, rel[0])
-                    late[i] = after(b, g, i, rel[0], zero)
+                    late[i] = after(b, g, i, zero)
                 n.input[k] = late[i]
     out[start:start] = hints
     return len(late)

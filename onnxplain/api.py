@@ -75,22 +75,24 @@ def compile(model, methods: Union[str, Sequence[str], dict] = "gradient", *, out
     _reject_agnostic(methods)
     if not fold_bn and batchnorm == "fold":
         batchnorm = "pass"
-    if precision not in ("float32", "float16") or device not in ("cpu", "cuda"):
+    bad = [(what, value, allowed) for what, value, allowed in (("precision", precision, ("float32", "float16")),
+                                                                ("device", device, ("cpu", "cuda")))
+           if value not in allowed]
+    if bad:
         from .compiler.errors import CompileError, Problem
-        bad = [(precision, "precision", "use precision='float32' (default) or 'float16'")] * (
-            precision not in ("float32", "float16")) + [(device, "device", "use device='cpu' (default) or 'cuda'")] * (
-            device not in ("cpu", "cuda"))
-        raise CompileError([Problem("model", None, None, f"unknown {what} '{v}'", fix) for v, what, fix in bad])
+        raise CompileError([Problem("model", None, None, f"unknown {what} '{value}'",
+                                    f"use {what}='{allowed[0]}' (default) or '{allowed[1]}'")
+                            for what, value, allowed in bad])
     compiled = compile_graph(model, methods, merged, output, list(inputs) if inputs else None, strip_softmax,
                              batchnorm, health).model
     if precision == "float16":
         from .compiler.precision import to_float16
         compiled = to_float16(compiled)
     if device == "cuda":
+        from .compiler.export import add_metadata
         from .runtime.cuda_rewrite import for_cuda
         for_cuda(compiled)
-        onnx.helper.set_model_props(compiled, {**{p.key: p.value for p in compiled.metadata_props},
-                                               "onnxplain.device": "cuda"})
+        add_metadata(compiled, {"device": "cuda"})
     return compiled
 
 

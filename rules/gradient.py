@@ -30,6 +30,10 @@ class Rule:
     #: at ops that only relabel elements (Reshape, Flatten, ...), the relevance of an input element is the
     #: relevance of the output element it becomes (the gradient and ``lrp.pass`` do this)
     passes_relevance: ClassVar[bool] = False
+    #: the emitter makes this rule's work on forward activations wait for the relevance
+    #: (:mod:`onnxplain.compiler.schedule`); not for the gradient, whose masks are as large as the
+    #: activations they replace
+    delays_forward_work: ClassVar[bool] = True
 
     def handles(self, op_type: str) -> bool:
         """Whether this rule can be assigned to nodes of ``op_type``."""
@@ -50,6 +54,7 @@ class Gradient(Rule):
 
     name: str = "gradient"
     passes_relevance: ClassVar[bool] = True
+    delays_forward_work: ClassVar[bool] = False
 
     def backward(self, ctx: Ctx, node, gy: list) -> list:
         fn = VJP.get(node.op_type)

@@ -89,12 +89,11 @@ def residual_operand(ctx: Ctx, a: str) -> Optional[str]:
     forward pass need not keep ``a`` (in ResNets the largest tensors, each block's last convolution,
     which can then fuse with the sum and the ReLU).  Of two eligible inputs only the first is replaced.
     """
-    if ctx.assign is None or ctx.consumers is None or a in ctx.g.output_names():
+    if ctx.assign is None or ctx.consumers is None:
         return None
-    consumers = ctx.consumers.get(a, [])
-    if len(consumers) != 1 or consumers[0].op_type not in ("Add", "Sum") or len(consumers[0].input) != 2:
+    add = (ctx.consumers.get(a) or [None])[0]
+    if add is None or add.op_type not in ("Add", "Sum") or len(add.input) != 2 or not _only_summed(ctx, a, add):
         return None
-    add = consumers[0]
     k = list(add.input).index(a)
     other = add.input[1 - k]
     shapes = [ctx.g.shape(t) for t in (add.input[0], add.input[1], add.output[0])]
@@ -114,4 +113,5 @@ def residual_operand(ctx: Ctx, a: str) -> Optional[str]:
 
 
 def _only_summed(ctx: Ctx, t: str, add) -> bool:
+    """Whether ``t`` is no graph output and ``add`` is its only consumer on the path."""
     return t not in ctx.g.output_names() and ctx.consumers.get(t, []) == [add]
