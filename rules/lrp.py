@@ -35,7 +35,7 @@ overview"):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from typing import Callable, ClassVar, Optional
 
 import numpy as np
 from onnx import helper
@@ -43,7 +43,7 @@ from onnx import helper
 from .base import VJP, Ctx, Unsupported, float_mask, mask_mul, node_attr
 from .gradient import GRADIENT, Rule
 from .lrp_layer import Layer, nonnegative
-from .support import relu_support
+from .support import relu_support, support_of
 
 #: ops a linear rule applies to (the data input is the single input on the path)
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization")
@@ -98,7 +98,7 @@ class LinearRule(Rule):
                               f"not to {node.op_type}", "assign another rule to this node")
         layer = Layer.of(ctx, node)
         nonneg = nonnegative(ctx.g, layer.x())
-        support = relu_support(ctx, node.output[0])  # R = 0 wherever z <= 0
+        support = support_of(ctx, node.output[0])  # R = 0 wherever z <= 0; support() = relu(z)
         if nonneg and self.groups == GAMMA_GROUPS and self.gamma > 0 and self.epsilon > 0 and \
                 self.stabilizer == "sign":
             out = _gamma_nonnegative(ctx, layer, gy[0], self, support)
@@ -113,10 +113,10 @@ class LinearRule(Rule):
         return res
 
     def _group(self, ctx: Ctx, layer: "Layer", group: Group, r: str, nonneg: bool, out: Optional[str],
-               support: Optional[str] = None):
+               support: Optional[Callable[[], str]] = None):
         """Add one group's contribution ``coef_g sum_t sign_t x_t (.) layer_t^T(R / stab(z_g))`` to ``out``.
 
-        ``support``: ``relu(z)`` when ``R`` vanishes wherever ``z <= 0`` (:func:`relu_support`); then the
+        ``support``: a callable giving ``relu(z)``, when ``R`` vanishes wherever ``z <= 0`` (:func:`support_of`); then the
         ``[z > 0]`` mask is a no-op and the unmodified layer's ``stab(z)`` may be ``relu(z) + eps``.
         """
         b = ctx.b
@@ -138,7 +138,7 @@ class LinearRule(Rule):
             xs.append(xt)
         r = r if support is not None and group.mask == "zpos" else _masked(ctx, layer, r, group.mask)
         if support is not None and z == ctx.value(layer.node.output[0]):
-            z, positive = support, True  # the plain layer output: equal where R != 0
+            z, positive = support(), True  # the plain layer output: equal where R != 0
         s = b.op("Div", r, z) if plus else divide(ctx, r, z, self.epsilon, self.stabilizer, nonneg=positive)
         for t, xt in zip(terms, xs):
             c = layer.transpose(ctx, s, t.weight, self)
@@ -176,7 +176,8 @@ def _term_sign(ctx: Ctx, layer: "Layer", t: Term, rule: LinearRule, nonneg: bool
     return max(s, 0)
 
 
-def _gamma_nonnegative(ctx: Ctx, layer: "Layer", r: str, rule: LinearRule, support: Optional[str] = None) -> str:
+def _gamma_nonnegative(ctx: Ctx, layer: "Layer", r: str, rule: LinearRule,
+                       support: Optional[Callable[[], str]] = None) -> str:
     """The generalized gamma rule on a non-negative input ``x``, by linearity, with one extra forward.
 
     With ``z = W x + b`` (the layer's own output) and ``zp = W+ x + b+ >= 0``, the two groups'
@@ -186,17 +187,18 @@ def _gamma_nonnegative(ctx: Ctx, layer: "Layer", r: str, rule: LinearRule, suppo
     there (relu/min keep both away from zero elsewhere: no 0/0 under the masks).  Then
     ``R_in = x (.) (layer^T_{W + gamma W+}(R [z > 0] / stab(z_1)) + layer^T_{W + gamma W-}(R [z < 0] / stab(z_2)))``,
     exactly Zennit's ``Gamma`` (its four terms, of which the two on ``x-`` vanish), with one modified
-    forward (``gamma zp``) instead of two and no ``Where``.  With ``support`` (``relu(z)``, given when
-    ``R = 0`` wherever ``z <= 0``, :func:`relu_support`) both masks are no-ops, the second group
+    forward (``gamma zp``) instead of two and no ``Where``.  With ``support`` (giving ``relu(z)``, passed when
+    ``R = 0`` wherever ``z <= 0``, :func:`support_of`) both masks are no-ops, the second group
     vanishes and ``relu(z) + gamma zp + eps`` (``eps`` in ``zp``'s bias) is ``stab(z_1)`` wherever
     ``R != 0`` and ``>= eps`` elsewhere: ``R_in = x (.) layer^T_{W + gamma W+}(R / (relu(z) + gamma zp + eps))``,
-    and the layer's pre-activation ``z`` is not read (its ReLU fuses into the convolution).
+    and the layer's pre-activation ``z`` is not read below a ReLU (it fuses into the convolution; below a
+    ReLU6, ``relu(z)`` is computed from ``z``).
     """
     b, z, x = ctx.b, ctx.value(layer.node.output[0]), layer.x()
     if support is not None:
         # where z > 0: relu(z) + gamma zp + eps = stab(z_1); elsewhere R = 0 and the sum is >= eps > 0
         zp = layer.forward_plus(ctx, x, Term(1, "x", "scaled_pos", "scaled_pos"), rule, rule.epsilon)
-        den = b.op("Add", support, zp)  # zp = gamma (W+ x + b+) + eps
+        den = b.op("Add", support(), zp)  # zp = gamma (W+ x + b+) + eps
         return b.op("Mul", x, layer.transpose(ctx, b.op("Div", r, den), "gamma_pos", rule))
     zp = layer.forward(ctx, x, "scaled_pos", "scaled_pos", rule)  # gamma (W+ x + b+)
     zero, eps = b.scalar_like(0.0, z), b.scalar_like(rule.epsilon, z)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
+
 from .base import Ctx
 from .gradient import Gradient
 
@@ -54,27 +56,73 @@ def relevance_vanishes_at_zero(ctx: Ctx, t: str, depth: int = 0) -> bool:
     return True
 
 
-def relu_support(ctx: Ctx, z: str) -> Optional[str]:
-    """``y = relu(z)`` when the relevance arriving at ``z`` is zero wherever ``z <= 0``, else None.
+def relu_support(ctx: Ctx, z: str, computed: bool = True) -> Optional[str]:
+    """``relu(z)`` when the relevance arriving at ``z`` is zero wherever ``z <= 0``, else None.
 
-    That holds when ``z``'s only consumer is a ReLU whose rule is the gradient (``R_z = R_y [z > 0]``) or
-    passes relevance through while ``R_y`` vanishes where ``y = 0`` (:func:`relevance_vanishes_at_zero`):
-    in ResNets every block's sum and every convolution before a ReLU, under z+/gamma/epsilon consumers.
-    A rule may then divide by ``y + eps`` instead of the sign-stabilised ``z``, drop masks ``[z > 0]``
-    and skip terms that only act where ``z < 0``: the same numbers, fewer operations.
+    That holds when ``z``'s only consumer is a ReLU (or a ``Clip`` with lower bound 0 and a positive upper
+    bound, ReLU6) whose rule is the gradient (``R_z = R_y [z > 0]``, strict for ``Clip`` too) or passes
+    relevance through while ``R_y`` vanishes where ``y = 0`` (:func:`relevance_vanishes_at_zero`): in
+    ResNets every block's sum and every convolution before a ReLU, in MobileNets/EfficientNet-Lite every
+    convolution before a ReLU6, under z+/gamma/epsilon consumers.  A rule may then divide by
+    ``relu(z) + eps`` instead of the sign-stabilised ``z``, drop masks ``[z > 0]`` and skip terms that only
+    act where ``z < 0``: the same numbers, fewer operations.
+
+    For a ReLU (or a ``Clip`` without upper bound) the returned tensor is its output; below a bounded
+    ``Clip`` it is a ``Relu(z)`` emitted here (the clipped output differs from ``relu(z)`` above the
+    bound), or None when ``computed`` is False.
     """
+    value = support_of(ctx, z)
+    if value is None or (not computed and value.emits):
+        return None
+    return value()
+
+
+class _ReluOf:
+    """``relu(z)`` on demand: the activation's own output, or one ``Relu(z)`` emitted at the first call
+    (emitting it unused would keep ``z`` alive and stop the convolution from fusing with its ReLU6)."""
+
+    def __init__(self, ctx: Ctx, z: str, act, emits: bool):
+        self.ctx, self.z, self.act, self.emits, self._name = ctx, z, act, emits, None
+
+    def __call__(self) -> str:
+        if self._name is None:
+            self._name = self.ctx.b.op("Relu", self.ctx.value(self.z)) if self.emits else self.act.output[0]
+        return self._name
+
+
+def support_of(ctx: Ctx, z: str) -> Optional[_ReluOf]:
+    """As :func:`relu_support`, but returns a callable that yields ``relu(z)`` only when a rule needs it."""
     if ctx.assign is None or ctx.consumers is None or z in ctx.g.output_names():
         return None
     consumers = ctx.consumers.get(z, [])
-    if len(consumers) != 1 or consumers[0].op_type != "Relu":
+    if len(consumers) != 1 or consumers[0].op_type not in ("Relu", "Clip"):
         return None
-    relu = consumers[0]
-    rule = ctx.assign(relu)
+    act = consumers[0]
+    bounded = False
+    if act.op_type == "Clip":
+        lo, hi = clip_bounds(ctx, act)
+        if lo != 0.0 or (hi is not None and not hi > 0.0):
+            return None
+        bounded = hi is not None and hi != float("inf")
+    rule = ctx.assign(act)
     if rule is None:
         return None
-    if isinstance(rule, Gradient) or (rule.passes_relevance and relevance_vanishes_at_zero(ctx, relu.output[0])):
-        return relu.output[0]
+    if isinstance(rule, Gradient) or (rule.passes_relevance and relevance_vanishes_at_zero(ctx, act.output[0])):
+        return _ReluOf(ctx, z, act, bounded)
     return None
+
+
+def clip_bounds(ctx: Ctx, node) -> tuple:
+    """The constant ``(min, max)`` of a ``Clip`` node as floats (None where absent; NaN where not constant)."""
+    out = []
+    for k, name in ((1, "min"), (2, "max")):
+        if len(node.input) > k and node.input[k]:
+            v = ctx.g.const(node.input[k])
+            out.append(float("nan") if v is None or np.size(v) != 1 else float(np.asarray(v).reshape(())))
+        else:
+            a = [x for x in node.attribute if x.name == name]
+            out.append(float(a[0].f) if a else None)
+    return tuple(out)
 
 
 def residual_operand(ctx: Ctx, a: str) -> Optional[str]:
@@ -104,7 +152,7 @@ def residual_operand(ctx: Ctx, a: str) -> Optional[str]:
     rule = ctx.assign(add)
     if rule is None or not (isinstance(rule, Gradient) or rule.scales_input(add, k)):
         return None
-    y = relu_support(ctx, add.output[0])
+    y = relu_support(ctx, add.output[0], computed=False)
     if y is None:
         return None
     out = ctx.b.op("Sub", y, other)

@@ -486,6 +486,46 @@ def test_relevance_support_below_a_relu(lower, upper):
         assert np.abs(ra1[z1 <= 0]).max() > 1e-3
 
 
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("upper", ["lrp.epsilon", "lrp.flat"])
+@pytest.mark.parametrize("lower", ["lrp.epsilon", "lrp.gamma"])
+def test_relevance_support_below_relu6(lower, upper, signed):
+    """As above, below ``Clip(z, 0, 6)`` (ReLU6 of MobileNets): relevance passes the clip unchanged and
+    vanishes where the clipped output is zero, i.e. wherever ``z <= 0``, so the shortcut holds there too,
+    with ``relu(z)`` (not the clipped output, which differs above 6) as the denominator.  Pre-activations
+    below 0, in (0, 6) and above 6; inputs after a ReLU (gamma's one-forward form) and signed ones."""
+    r = rng(17)
+    w1, b1 = 3 * r.standard_normal((6, 5)).astype(np.float32), r.standard_normal(6).astype(np.float32)
+    w2, b2 = r.standard_normal((3, 6)).astype(np.float32), r.standard_normal(3).astype(np.float32)
+    nodes = [helper.make_node("Relu" if not signed else "Identity", ["x"], ["xr"], name="in"),
+             helper.make_node("Gemm", ["xr", "w1", "b1"], ["h"], transB=1, name="fc0"),
+             helper.make_node("Clip", ["h", "lo", "hi"], ["a"], name="relu6"),
+             helper.make_node("Gemm", ["a", "w2", "b2"], ["logits"], transB=1, name="fc1")]
+    inits = {"w1": w1, "b1": b1, "w2": w2, "b2": b2, "lo": np.float32(0), "hi": np.float32(6)}
+    model = make_model(nodes, [("x", ["N", 5])], [("logits", ["N", 3])], inits)
+    lo = {"name": lower, "gamma": 0.5} if lower == "lrp.gamma" else {"name": lower, "epsilon": 0.25}
+    up = {"name": upper, "epsilon": 0.25} if upper == "lrp.epsilon" else upper
+    spec = {"rules": [{"select": {"name": "fc0"}, "rule": lo}, {"select": {"name": "fc1"}, "rule": up}]}
+    compiled = onnxplain.compile(model, "lrp", rules=spec)
+    x = r.standard_normal((16, 5)).astype(np.float32)
+    out = run(compiled, {"x": x})
+    X, W1, B1, W2, B2 = (a.astype(np.float64) for a in (x if signed else np.maximum(x, 0), w1, b1, w2, b2))
+    z1 = X @ W1.T + B1
+    a1 = np.clip(z1, 0, 6)
+    assert (z1 < 0).any() and ((z1 > 0) & (z1 < 6)).any() and (z1 > 6).any()
+    R2 = seed(a1 @ W2.T + B2)
+    ra1 = ref_rule(upper, W2, B2, a1, R2, epsilon=0.25)
+    ref = ref_rule(lower, W1, B1, X, ra1, gamma=0.5, epsilon=0.25)
+    assert rel_err(out["lrp/x"], ref) < TOL
+    mark = "GreaterOrEqual" if lower == "lrp.epsilon" else "Less"
+    marks = [n for n in compiled.graph.node if n.name.startswith("fc0/") and n.op_type == mark]
+    assert (len(marks) == 0) == (upper == "lrp.epsilon")
+    # dividing by the clipped output instead of relu(z) would differ where z > 6
+    if upper == "lrp.epsilon" and lower == "lrp.epsilon":
+        s_bad = ra1 * (z1 > 0) / (a1 + 0.25)
+        assert rel_err(X * (s_bad @ W1), ref) > 1e-2
+
+
 @pytest.mark.parametrize("upper", ["lrp.epsilon", "lrp.flat"])
 def test_relevance_support_through_max_pooling(upper, monkeypatch):
     """Conv -> ReLU -> MaxPool (winner-take-all) -> Flatten -> Gemm: with an upper rule that scales by its
@@ -509,7 +549,7 @@ def test_relevance_support_through_max_pooling(upper, monkeypatch):
                       {"select": {"name": "fc"}, "rule": up}]}
     x = np.abs(r.standard_normal((6, 2, 4, 4))).astype(np.float32)
     fast = onnxplain.compile(model, "lrp", rules=spec)
-    monkeypatch.setattr(lrp_mod, "relu_support", lambda ctx, z: None)
+    monkeypatch.setattr(lrp_mod, "support_of", lambda ctx, z: None)
     slow = onnxplain.compile(model, "lrp", rules=spec)
     a = np.maximum(_conv_ref(x, w, bias), 0)
     windows = a.reshape(6, 4, 2, 2, 2, 2).max(axis=(3, 5))
