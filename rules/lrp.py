@@ -128,20 +128,23 @@ class LinearRule(Rule):
         positive = all(_term_sign(ctx, layer, t, self, nonneg) > 0 for t in terms)
         # one modified layer that is >= 0 (z+ after a ReLU): stab(z) = z + eps, added through its bias
         plus = len(terms) == 1 and positive and terms[0].sign > 0 and self.epsilon > 0 and self.stabilizer == "sign"
-        z, xs = None, []
+        z, zc, xs = None, None, []
         for t in terms:
             xt = layer.input(ctx, t.inp, self)
             zt = layer.forward_plus(ctx, xt, t, self, self.epsilon) if plus else \
                 layer.forward(ctx, xt, t.weight, t.bias, self)
             zt = zt if t.sign > 0 else b.op("Neg", zt)
-            z = zt if z is None else b.op("Add", z, zt)
+            if t.inp in CONSTANT_INPUTS:  # z^B's bound terms: summed first, folded into one constant
+                zc = zt if zc is None else b.op("Add", zc, zt)
+            else:
+                z = zt if z is None else b.op("Add", z, zt)
             xs.append(xt)
+        z = zc if z is None else z if zc is None else b.op("Add", z, zc)
         r = r if support is not None and group.mask == "zpos" else _masked(ctx, layer, r, group.mask)
         if support is not None and z == ctx.value(layer.node.output[0]):
             z, positive = support(), True  # the plain layer output: equal where R != 0
         s = b.op("Div", r, z) if plus else divide(ctx, r, z, self.epsilon, self.stabilizer, nonneg=positive)
-        for t, xt in zip(terms, xs):
-            c = layer.transpose(ctx, s, t.weight, self)
+        for t, xt, c in zip(terms, xs, layer.transposes(ctx, s, [t.weight for t in terms], self)):
             factor = layer.multiplier(ctx, t.inp, self)
             if factor is not None:
                 c = b.op("Mul", factor, c)
@@ -151,6 +154,9 @@ class LinearRule(Rule):
             out = c if out is None else b.op("Add", out, c)
         return out
 
+
+#: term inputs that do not depend on the data (batch-1 constants that ONNX Runtime folds)
+CONSTANT_INPUTS = ("ones", "low", "high")
 
 #: the groups of the generalized gamma rule (see :func:`onnxplain.rules.composites.rule`)
 GAMMA_GROUPS = (

@@ -19,6 +19,9 @@ from .base import VJP, Ctx, Unsupported, node_attr
 if TYPE_CHECKING:  # annotations only (lrp.py imports this module)
     from .lrp import LinearRule, Term
 
+#: stack the transposes of one layer's modified weights into one convolution up to this many output channels
+STACK_CHANNELS = 16
+
 #: ops whose output is >= 0 whatever their input, and ops that keep non-negativity
 _NONNEG_OUT = {"Relu", "Sigmoid", "Softplus", "Exp", "Abs", "Softmax", "HardSigmoid", "ReduceL2", "ReduceL1",
                "ReduceSumSquare"}
@@ -272,6 +275,38 @@ class Layer:
         sub = Ctx(ctx.b, ctx.g, needs)
         return VJP[c.op_type](sub, c, [s])[self.data]
 
+
+    def transposes(self, ctx: Ctx, s: str, hows: list, rule: LinearRule) -> list:
+        """:meth:`transpose` of ``s`` for each weight modification in ``hows`` (repeats computed once).
+
+        An ungrouped Conv with few input channels (the first layer: ``C_in k <= STACK_CHANNELS``) gets
+        one transposed convolution of the weights stacked along the input-channel axis, sliced after:
+        a backward convolution with 3 output channels costs as much as one with 16 in ONNX Runtime, so
+        z^B's three transposes (``W``, ``W+``, ``W-``) cost one.
+        """
+        unique = list(dict.fromkeys(hows))
+        stacked = self._stacked_transposes(ctx, s, unique, rule) if len(unique) > 1 else None
+        done = stacked if stacked is not None else {h: self.transpose(ctx, s, h, rule) for h in unique}
+        return [done[h] for h in hows]
+
+    def _stacked_transposes(self, ctx: Ctx, s: str, hows: list, rule: LinearRule) -> Optional[dict]:
+        node, b = self.node, ctx.b
+        wshape = ctx.g.shape(node.input[self.weight]) if self.weight is not None else None
+        if node.op_type != "Conv" or self.data != 0 or node_attr(node, "group", 1) != 1 or wshape is None or \
+                not all(isinstance(d, int) for d in wshape) or "ones" in hows or \
+                wshape[1] * len(hows) > STACK_CHANNELS:
+            return None
+        cin = wshape[1]
+        mods = [self._params(ctx, h, "none", rule)[0] for h in hows]
+        weight = b.op("Concat", *mods, axis=1)
+        ctx.g.set_info(weight, ctx.g.dtype(node.input[self.weight]), [wshape[0], cin * len(hows)] + list(wshape[2:]))
+        c = self._copy(self.x(), weight, None)
+        both = VJP["Conv"](Ctx(b, ctx.g, [True] + [False] * (len(c.input) - 1)), c, [s])[0]
+        out = {}
+        for k, h in enumerate(hows):
+            out[h] = b.op("Slice", both, b.ints([k * cin]), b.ints([(k + 1) * cin]), b.ints([1]))
+            ctx.g.alias(out[h], self.x())
+        return out
 
     def _transpose_ones(self, ctx: Ctx, s: str) -> Optional[str]:
         """A Conv's transpose with unit weights, ``sum_o conv^T(s_o, 1)``, as the transpose of a 1-channel
