@@ -1,2 +1,2 @@
 """The package version (semantic versioning)."""
-__version__ = "0.4.0"
+__version__ = "0.5.0"
