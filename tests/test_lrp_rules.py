@@ -448,6 +448,37 @@ def test_zero_output_with_relevance(first_rule):
     assert rel_err(ref_leak, ref) > 1e-2
 
 
+def _support_case(lower, upper, relu6, signed, seed_, n, scale=1.0):
+    """``x [-> Relu] -> Gemm fc0 -> (Relu | Clip(0, 6)) -> Gemm fc1`` under ``lower`` at fc0 and ``upper`` at
+    fc1: the compiled model, its input relevance and the float64 reference (``z1``, ``a1``, ``ra1``...)."""
+    r = rng(seed_)
+    w1, b1 = scale * r.standard_normal((6, 5)).astype(np.float32), r.standard_normal(6).astype(np.float32)
+    w2, b2 = r.standard_normal((3, 6)).astype(np.float32), r.standard_normal(3).astype(np.float32)
+    act = helper.make_node("Clip", ["h", "lo", "hi"], ["a"], name="relu6") if relu6 else \
+        helper.make_node("Relu", ["h"], ["a"], name="relu0")
+    nodes = [helper.make_node("Identity" if signed else "Relu", ["x"], ["xr"], name="in"),
+             helper.make_node("Gemm", ["xr", "w1", "b1"], ["h"], transB=1, name="fc0"), act,
+             helper.make_node("Gemm", ["a", "w2", "b2"], ["logits"], transB=1, name="fc1")]
+    inits = {"w1": w1, "b1": b1, "w2": w2, "b2": b2, "lo": np.float32(0), "hi": np.float32(6)}
+    model = make_model(nodes, [("x", ["N", 5])], [("logits", ["N", 3])], inits)
+    lo = {"name": lower, "gamma": 0.5} if lower == "lrp.gamma" else {"name": lower, "epsilon": 0.25}
+    up = {"name": upper, "epsilon": 0.25} if upper == "lrp.epsilon" else upper
+    spec = {"rules": [{"select": {"name": "fc0"}, "rule": lo}, {"select": {"name": "fc1"}, "rule": up}]}
+    compiled = onnxplain.compile(model, "lrp", rules=spec)
+    x = r.standard_normal((n, 5)).astype(np.float32)
+    got = run(compiled, {"x": x})["lrp/x"]
+    X, W1, B1, W2, B2 = (a.astype(np.float64) for a in (x if signed else np.maximum(x, 0), w1, b1, w2, b2))
+    z1 = X @ W1.T + B1
+    a1 = np.clip(z1, 0, 6) if relu6 else np.maximum(z1, 0)
+    ra1 = ref_rule(upper, W2, B2, a1, seed(a1 @ W2.T + B2), epsilon=0.25)
+    ref = ref_rule(lower, W1, B1, X, ra1, gamma=0.5, epsilon=0.25)
+    # the shortcut is taken exactly where it holds: epsilon loses its sign stabiliser (GreaterOrEqual),
+    # gamma its negative group (masked with Less(z, 0))
+    mark = "GreaterOrEqual" if lower == "lrp.epsilon" else "Less"
+    shortcut = not [n for n in compiled.graph.node if n.name.startswith("fc0/") and n.op_type == mark]
+    return dict(got=got, ref=ref, z1=z1, a1=a1, ra1=ra1, X=X, W1=W1, shortcut=shortcut)
+
+
 @pytest.mark.parametrize("upper", ["lrp.epsilon", "lrp.flat"])
 @pytest.mark.parametrize("lower", ["lrp.epsilon", "lrp.gamma"])
 def test_relevance_support_below_a_relu(lower, upper):
@@ -456,34 +487,12 @@ def test_relevance_support_below_a_relu(lower, upper):
     consumer that does not (flat gives relevance to zero activations) it must not.  Checked against the
     float64 formulas in both cases, with outputs of both signs and a large epsilon so that the shortcut,
     used where it does not hold, would differ."""
-    r = rng(7)
-    w1, b1 = r.standard_normal((6, 5)).astype(np.float32), r.standard_normal(6).astype(np.float32)
-    w2, b2 = r.standard_normal((3, 6)).astype(np.float32), r.standard_normal(3).astype(np.float32)
-    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1, name="fc0"),
-             helper.make_node("Relu", ["h"], ["a"], name="relu0"),
-             helper.make_node("Gemm", ["a", "w2", "b2"], ["logits"], transB=1, name="fc1")]
-    model = make_model(nodes, [("x", ["N", 5])], [("logits", ["N", 3])], {"w1": w1, "b1": b1, "w2": w2, "b2": b2})
-    lo = {"name": lower, "gamma": 0.5} if lower == "lrp.gamma" else {"name": lower, "epsilon": 0.25}
-    up = {"name": upper, "epsilon": 0.25} if upper == "lrp.epsilon" else upper
-    spec = {"rules": [{"select": {"name": "fc0"}, "rule": lo}, {"select": {"name": "fc1"}, "rule": up}]}
-    compiled = onnxplain.compile(model, "lrp", rules=spec)
-    x = r.standard_normal((8, 5)).astype(np.float32)
-    out = run(compiled, {"x": x})
-    X, W1, B1, W2, B2 = (a.astype(np.float64) for a in (x, w1, b1, w2, b2))
-    z1 = X @ W1.T + B1
-    a1 = np.maximum(z1, 0)
-    assert (z1 < 0).any() and (z1 > 0).any()
-    R2 = seed(a1 @ W2.T + B2)
-    ra1 = ref_rule(upper, W2, B2, a1, R2, epsilon=0.25)
-    ref = ref_rule(lower, W1, B1, X, ra1, gamma=0.5, epsilon=0.25)
-    assert rel_err(out["lrp/x"], ref) < TOL
-    # the shortcut is taken exactly where it holds: epsilon loses its sign stabiliser (GreaterOrEqual),
-    # gamma its negative group (masked with Less(z, 0))
-    mark = "GreaterOrEqual" if lower == "lrp.epsilon" else "Less"
-    marks = [n for n in compiled.graph.node if n.name.startswith("fc0/") and n.op_type == mark]
-    assert (len(marks) == 0) == (upper == "lrp.epsilon")
+    c = _support_case(lower, upper, relu6=False, signed=True, seed_=7, n=8)
+    assert (c["z1"] < 0).any() and (c["z1"] > 0).any()
+    assert rel_err(c["got"], c["ref"]) < TOL
+    assert c["shortcut"] == (upper == "lrp.epsilon")
     if upper == "lrp.flat":  # relevance does reach z <= 0 here, so the shortcut would have changed the result
-        assert np.abs(ra1[z1 <= 0]).max() > 1e-3
+        assert np.abs(c["ra1"][c["z1"] <= 0]).max() > 1e-3
 
 
 @pytest.mark.parametrize("signed", [False, True])
@@ -494,36 +503,14 @@ def test_relevance_support_below_relu6(lower, upper, signed):
     vanishes where the clipped output is zero, i.e. wherever ``z <= 0``, so the shortcut holds there too,
     with ``relu(z)`` (not the clipped output, which differs above 6) as the denominator.  Pre-activations
     below 0, in (0, 6) and above 6; inputs after a ReLU (gamma's one-forward form) and signed ones."""
-    r = rng(17)
-    w1, b1 = 3 * r.standard_normal((6, 5)).astype(np.float32), r.standard_normal(6).astype(np.float32)
-    w2, b2 = r.standard_normal((3, 6)).astype(np.float32), r.standard_normal(3).astype(np.float32)
-    nodes = [helper.make_node("Relu" if not signed else "Identity", ["x"], ["xr"], name="in"),
-             helper.make_node("Gemm", ["xr", "w1", "b1"], ["h"], transB=1, name="fc0"),
-             helper.make_node("Clip", ["h", "lo", "hi"], ["a"], name="relu6"),
-             helper.make_node("Gemm", ["a", "w2", "b2"], ["logits"], transB=1, name="fc1")]
-    inits = {"w1": w1, "b1": b1, "w2": w2, "b2": b2, "lo": np.float32(0), "hi": np.float32(6)}
-    model = make_model(nodes, [("x", ["N", 5])], [("logits", ["N", 3])], inits)
-    lo = {"name": lower, "gamma": 0.5} if lower == "lrp.gamma" else {"name": lower, "epsilon": 0.25}
-    up = {"name": upper, "epsilon": 0.25} if upper == "lrp.epsilon" else upper
-    spec = {"rules": [{"select": {"name": "fc0"}, "rule": lo}, {"select": {"name": "fc1"}, "rule": up}]}
-    compiled = onnxplain.compile(model, "lrp", rules=spec)
-    x = r.standard_normal((16, 5)).astype(np.float32)
-    out = run(compiled, {"x": x})
-    X, W1, B1, W2, B2 = (a.astype(np.float64) for a in (x if signed else np.maximum(x, 0), w1, b1, w2, b2))
-    z1 = X @ W1.T + B1
-    a1 = np.clip(z1, 0, 6)
+    c = _support_case(lower, upper, relu6=True, signed=signed, seed_=17, n=16, scale=3.0)
+    z1 = c["z1"]
     assert (z1 < 0).any() and ((z1 > 0) & (z1 < 6)).any() and (z1 > 6).any()
-    R2 = seed(a1 @ W2.T + B2)
-    ra1 = ref_rule(upper, W2, B2, a1, R2, epsilon=0.25)
-    ref = ref_rule(lower, W1, B1, X, ra1, gamma=0.5, epsilon=0.25)
-    assert rel_err(out["lrp/x"], ref) < TOL
-    mark = "GreaterOrEqual" if lower == "lrp.epsilon" else "Less"
-    marks = [n for n in compiled.graph.node if n.name.startswith("fc0/") and n.op_type == mark]
-    assert (len(marks) == 0) == (upper == "lrp.epsilon")
-    # dividing by the clipped output instead of relu(z) would differ where z > 6
-    if upper == "lrp.epsilon" and lower == "lrp.epsilon":
-        s_bad = ra1 * (z1 > 0) / (a1 + 0.25)
-        assert rel_err(X * (s_bad @ W1), ref) > 1e-2
+    assert rel_err(c["got"], c["ref"]) < TOL
+    assert c["shortcut"] == (upper == "lrp.epsilon")
+    if upper == "lrp.epsilon" and lower == "lrp.epsilon":  # dividing by the clipped output would differ
+        s_bad = c["ra1"] * (z1 > 0) / (c["a1"] + 0.25)
+        assert rel_err(c["X"] * (s_bad @ c["W1"]), c["ref"]) > 1e-2
 
 
 @pytest.mark.parametrize("upper", ["lrp.epsilon", "lrp.flat"])
