@@ -275,7 +275,6 @@ class Layer:
         sub = Ctx(ctx.b, ctx.g, needs)
         return VJP[c.op_type](sub, c, [s])[self.data]
 
-
     def transposes(self, ctx: Ctx, s: str, hows: list, rule: LinearRule) -> list:
         """:meth:`transpose` of ``s`` for each weight modification in ``hows`` (repeats computed once).
 
