@@ -118,6 +118,20 @@ def node_attr(node, name, default=None):
     return attr(node, name, default)
 
 
+def clip_bounds(g: Graph, node) -> tuple:
+    """The constant ``(min, max)`` of a ``Clip`` node as floats: from its inputs (opset >= 11) or its
+    attributes (opset 6); None where a bound is absent, NaN where it is not a constant scalar."""
+    out = []
+    for k, name in ((1, "min"), (2, "max")):
+        if len(node.input) > k and node.input[k]:
+            v = g.const(node.input[k])
+            out.append(float("nan") if v is None or np.size(v) != 1 else float(np.asarray(v).reshape(())))
+        else:
+            value = node_attr(node, name)
+            out.append(None if value is None else float(value))
+    return tuple(out)
+
+
 def label(node) -> str:
     return node_label(node)
 

@@ -42,7 +42,7 @@ from onnx import helper
 
 from .base import VJP, Ctx, Unsupported, float_mask, mask_mul, node_attr
 from .gradient import GRADIENT, Rule
-from .lrp_layer import Layer, nonnegative
+from .lrp_layer import CONSTANT_INPUTS, Layer, nonnegative
 from .support import relu_support, support_of
 
 #: ops a linear rule applies to (the data input is the single input on the path)
@@ -154,9 +154,6 @@ class LinearRule(Rule):
             out = c if out is None else b.op("Add", out, c)
         return out
 
-
-#: term inputs that do not depend on the data (batch-1 constants that ONNX Runtime folds)
-CONSTANT_INPUTS = ("ones", "low", "high")
 
 #: the groups of the generalized gamma rule (see :func:`onnxplain.rules.composites.rule`)
 GAMMA_GROUPS = (

@@ -14,10 +14,14 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 from onnx import helper
 
-from .base import VJP, Ctx, Unsupported, node_attr
+from .base import VJP, Ctx, Unsupported, clip_bounds, node_attr
 
 if TYPE_CHECKING:  # annotations only (lrp.py imports this module)
     from .lrp import LinearRule, Term
+
+#: term inputs that do not depend on the data: unit inputs and the bounds of z^B (batch-1 constants that
+#: ONNX Runtime folds)
+CONSTANT_INPUTS = ("ones", "low", "high")
 
 #: stack the transposes of one layer's modified weights into one convolution up to this many output channels
 STACK_CHANNELS = 16
@@ -44,8 +48,8 @@ def nonnegative(g, tensor: str, depth: int = 0) -> bool:
     if n.op_type in _NONNEG_OUT:
         return True
     if n.op_type == "Clip":
-        lo = g.const(n.input[1]) if len(n.input) > 1 and n.input[1] else None
-        return lo is not None and float(np.min(lo)) >= 0
+        lo = clip_bounds(g, n)[0]
+        return lo is not None and lo >= 0  # False for NaN (not a constant scalar)
     if n.op_type in _NONNEG_KEEP:
         data = [i for i in n.input[:1]] if n.op_type not in ("Add", "Mul", "Concat", "Max") else list(n.input)
         if n.op_type == "Pad" and len(n.input) > 2 and n.input[2]:
@@ -153,7 +157,7 @@ class Layer:
         key = ("in", how)
         if key in self._cache:
             return self._cache[key]
-        shape1 = self._batch1_shape(ctx) if how in ("ones", "low", "high") else None
+        shape1 = self._batch1_shape(ctx) if how in CONSTANT_INPUTS else None
         if how == "x" or (how == "pos" and nonnegative(ctx.g, x)):
             t = x
         elif how == "pos":

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
-
-from .base import Ctx
+from .base import Ctx, clip_bounds
 from .gradient import Gradient
 
 #: ops that only relabel elements: an output element is zero exactly where its input element is
@@ -100,7 +98,7 @@ def support_of(ctx: Ctx, z: str) -> Optional[_ReluOf]:
     act = consumers[0]
     bounded = False
     if act.op_type == "Clip":
-        lo, hi = clip_bounds(ctx, act)
+        lo, hi = clip_bounds(ctx.g, act)
         if lo != 0.0 or (hi is not None and not hi > 0.0):
             return None
         bounded = hi is not None and hi != float("inf")
@@ -110,19 +108,6 @@ def support_of(ctx: Ctx, z: str) -> Optional[_ReluOf]:
     if isinstance(rule, Gradient) or (rule.passes_relevance and relevance_vanishes_at_zero(ctx, act.output[0])):
         return _ReluOf(ctx, z, act, bounded)
     return None
-
-
-def clip_bounds(ctx: Ctx, node) -> tuple:
-    """The constant ``(min, max)`` of a ``Clip`` node as floats (None where absent; NaN where not constant)."""
-    out = []
-    for k, name in ((1, "min"), (2, "max")):
-        if len(node.input) > k and node.input[k]:
-            v = ctx.g.const(node.input[k])
-            out.append(float("nan") if v is None or np.size(v) != 1 else float(np.asarray(v).reshape(())))
-        else:
-            a = [x for x in node.attribute if x.name == name]
-            out.append(float(a[0].f) if a else None)
-    return tuple(out)
 
 
 def residual_operand(ctx: Ctx, a: str) -> Optional[str]:

@@ -513,6 +513,26 @@ def test_relevance_support_below_relu6(lower, upper, signed):
         assert rel_err(c["X"] * (s_bad @ c["W1"]), c["ref"]) > 1e-2
 
 
+def test_clip_bounds_from_inputs_or_attributes():
+    """``Clip``'s bounds as the support shortcut and ``nonnegative`` read them: inputs (opset >= 11),
+    attributes (opset 6), absent, and not constant (NaN: no shortcut)."""
+    from onnxplain.compiler.graph import Graph
+    from onnxplain.rules.base import clip_bounds
+
+    nodes = [helper.make_node("Clip", ["x", "lo", "hi"], ["a"], name="inputs"),
+             helper.make_node("Clip", ["x", "", "hi"], ["b"], name="no_min"),
+             helper.make_node("Clip", ["x", "x"], ["c"], name="data_min")]
+    model = make_model(nodes, [("x", ["N", 3])], [("a", ["N", 3]), ("b", ["N", 3]), ("c", ["N", 3])],
+                       {"lo": np.float32(0), "hi": np.float32(6)})
+    g = Graph.from_model(model)
+    got = [clip_bounds(g, n) for n in model.graph.node]
+    assert got[0] == (0.0, 6.0) and got[1] == (None, 6.0)
+    assert np.isnan(got[2][0]) and got[2][1] is None
+    old = helper.make_node("Clip", ["x"], ["d"], min=0.0, max=6.0)
+    assert clip_bounds(g, old) == (0.0, 6.0)
+    assert clip_bounds(g, helper.make_node("Clip", ["x"], ["e"], max=1.0)) == (None, 1.0)
+
+
 @pytest.mark.parametrize("upper", ["lrp.epsilon", "lrp.flat"])
 def test_relevance_support_through_max_pooling(upper, monkeypatch):
     """Conv -> ReLU -> MaxPool (winner-take-all) -> Flatten -> Gemm: with an upper rule that scales by its
