@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..compiler.errors import InputError
+from .heap import release_freed_heap
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
              "tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -66,6 +67,9 @@ def make_session(model, providers: Optional[Sequence] = None, threads: Optional[
     :func:`default_providers`). ``threads`` sets the intra-op threads of the CPU provider (also used
     by nodes that a GPU provider leaves on the CPU).  CPU sessions run without ONNX Runtime's memory
     pattern (``enable_mem_pattern=False``): lower peak memory for explanation graphs, same speed.
+    Once the session is built, the heap memory freed while building it is handed back to the
+    operating system (:func:`.heap.release_freed_heap`, glibc only): ResNet-50 ``lrp.epsilon_plus_flat``,
+    batch 8, peak resident memory 1037 -> 824 MiB.
     """
     import onnxruntime as ort
 
@@ -82,7 +86,10 @@ def make_session(model, providers: Optional[Sequence] = None, threads: Optional[
         # many long-lived activations of an explanation graph poorly: ResNet-50 batch 8, lrp.epsilon_plus_flat
         # peak RSS 1466 -> 1067 MiB, plain forward 399 -> 347 MiB, run time unchanged (docs/speed.md)
         so.enable_mem_pattern = False
-    return ort.InferenceSession(data, so, providers=providers)
+    session = ort.InferenceSession(data, so, providers=providers)
+    del data
+    release_freed_heap()
+    return session
 
 
 def _cuda_ready(model):
