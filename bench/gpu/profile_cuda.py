@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import statistics
@@ -106,12 +107,13 @@ def providers(device: str, options: dict) -> list:
     return [("CUDAExecutionProvider", dict(options)), "CPUExecutionProvider"]
 
 
-def make_session(model_bytes: bytes, device: str, options: dict, prefix=None):
-    """A session with ORT profiling on (``prefix``: its file prefix) or off (``None``)."""
+def make_session(model_bytes: bytes, device: str, options: dict, prefix=None, severity: int = 3):
+    """A session with ORT profiling on (``prefix``: its file prefix) or off (``None``); ``severity`` 2 lets
+    ONNX Runtime's warnings through (cuDNN "Fallback mode", Memcpy nodes added, nodes not on CUDA)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = severity
     if prefix:
         so.enable_profiling = True
         so.profile_file_prefix = prefix
@@ -222,17 +224,21 @@ def profile_job(subject: str, model_bytes: bytes, x: np.ndarray, args, variant: 
                 tmp: str, cupti: bool) -> dict:
     """One session: warm-up, timed runs, ORT node profile, optional CUPTI kernels."""
     rec = {"subject": subject, "variant": variant, "options": VARIANTS[variant]}
-    t0 = time.perf_counter()
-    sess = make_session(model_bytes, args.device, VARIANTS[variant], os.path.join(tmp, f"{subject}_{variant}"))
-    rec["session_s"] = round(time.perf_counter() - t0, 3)
+    log = os.path.join(tmp, f"{subject}_{variant}.log")
+    with stderr_to(log):  # ORT's C++ logger writes to file descriptor 2
+        t0 = time.perf_counter()
+        sess = make_session(model_bytes, args.device, VARIANTS[variant], os.path.join(tmp, f"{subject}_{variant}"),
+                            severity=2)
+        rec["session_s"] = round(time.perf_counter() - t0, 3)
+        bound = Bound(sess, x, args.device, specs.get(subject))
+        rec["warmup_ms"] = [round(1000 * bound.run(), 2) for _ in range(2)]
+    rec["ort_warnings"] = ort_warnings(log)
     rec["providers"] = sess.get_providers()
     if args.device == "cuda":
         rec["cuda_options"] = {k: v for k, v in sess.get_provider_options().get("CUDAExecutionProvider", {}).items()
                                if k in ("cudnn_conv_algo_search", "prefer_nhwc", "enable_cuda_graph", "use_tf32",
                                         "cudnn_conv_use_max_workspace", "arena_extend_strategy")}
-    bound = Bound(sess, x, args.device, specs.get(subject))
     specs.setdefault(subject, bound.specs)
-    rec["warmup_ms"] = [round(1000 * bound.run(), 2) for _ in range(2)]
     rec.update(_timed(bound, args.repeats))
     rec["finite"] = bound.finite()
     nodes, n_runs = node_events(sess.end_profiling(), args.repeats)
@@ -258,6 +264,39 @@ def profile_job(subject: str, model_bytes: bytes, x: np.ndarray, args, variant: 
         [plain.run() for _ in range(2)]
         rec["no_profiler"] = _timed(plain, args.repeats)
     return rec
+
+
+@contextlib.contextmanager
+def stderr_to(path: str):
+    """Send file descriptor 2 (C++ ``std::cerr`` included) to ``path`` inside the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "wb") as fh:
+            os.dup2(fh.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+WARNING_KEYS = ("Fallback", "Memcpy", "not assigned", "CPU", "cudnn", "cuDNN", "slow")
+
+
+def ort_warnings(path: str) -> dict:
+    """ONNX Runtime's warnings of session creation and the first runs: count, lines naming the suspects
+    of docs/cuda.md ("Fallback mode" of cuDNN, Memcpy nodes, nodes left on the CPU), first 40 distinct."""
+    try:
+        with open(path, errors="replace") as fh:
+            lines = [ln.strip() for ln in fh if ln.strip()]
+    except OSError as exc:
+        return {"error": repr(exc)}
+    keyed = [ln for ln in lines if any(k in ln for k in WARNING_KEYS)]
+    distinct = list(dict.fromkeys(ln[:400] for ln in keyed))
+    return {"lines": len(lines), "keyed": len(keyed),
+            "fallback_mode": sum("Fallback" in ln for ln in lines), "distinct": distinct[:40],
+            "other_first": [ln[:400] for ln in lines if ln not in keyed][:10]}
 
 
 def _timed(bound: Bound, repeats: int) -> dict:
@@ -433,6 +472,10 @@ def _detail(r: dict) -> list:
     out += ["", "Top 30 nodes (host ms per run):", "", "| node | op | provider | host ms |", "|---|---|---|---|"]
     out += [f"| {name} | {op} | {prov} | {ms} |" for name, op, prov, ms in r["top_nodes"]]
     out += ["", "CPU-placed ops: " + json.dumps(r["placement"].get("CPUExecutionProvider", {}).get("ops", {}))]
+    w = r.get("ort_warnings") or {}
+    out += ["", f"ONNX Runtime warnings (session + 2 warm-up runs): {w.get('lines', '?')} lines, "
+            f"{w.get('fallback_mode', '?')} cuDNN 'Fallback mode'" + (":" if w.get("distinct") else ""), ""]
+    out += [f"    {ln}" for ln in w.get("distinct", [])[:20]]
     g = r.get("gpu")
     if g and "top_kernels" in g:
         out += ["", "Top GPU kernels (ms per run):", "", "| kernel | launches | GPU ms |", "|---|---|---|"]
