@@ -17,7 +17,7 @@ from typing import Callable, Optional
 from ..rules.base import Ctx, Unsupported
 from .errors import CompileError, Problem
 from .graph import Builder, Graph, node_label
-from .schedule import delay_forward_work
+from .schedule import delay_forward_work, recompute_activations
 
 
 def differentiable_path(g: Graph, nodes: list, wrt, targets) -> set:
@@ -98,7 +98,7 @@ def emit_backward(g: Graph, nodes: list, seeds: dict, wrt: list, assign: Callabl
     acc = _Accumulator(Builder(g, out))
     for t, s in seeds.items():
         acc.add(t, s)
-    problems = []
+    problems, start, delayed = [], len(out), False
     readers: dict = {}
     values: dict = {}  # forward tensors rules read in place of others (Ctx.value)
     for n in path_nodes(g, nodes, on_path):
@@ -121,14 +121,15 @@ def emit_backward(g: Graph, nodes: list, seeds: dict, wrt: list, assign: Callabl
             continue
         scope = f"{node_label(n)}/{rule.name}"
         ctx = Ctx(Builder(g, out, scope), g, [i in on_path for i in n.input], assign, readers, values)
-        start = len(out)
+        begin = len(out)
         try:
             gins = rule.backward(ctx, n, gy)
         except Unsupported as exc:
             problems.append(Problem(g.source, node_label(n), n.op_type, exc.message, exc.fix))
             gins = _stand_ins(n, on_path)
         if rule.delays_forward_work:
-            delay_forward_work(g, out, start, gy, scope)
+            delay_forward_work(g, out, begin, gy, scope)
+            delayed = True
         if len(gins) != len(n.input):
             raise AssertionError(f"rule {rule.name} returned {len(gins)} inputs for {n.op_type} with {len(n.input)}")
         for i, gi in zip(n.input, gins):
@@ -136,6 +137,8 @@ def emit_backward(g: Graph, nodes: list, seeds: dict, wrt: list, assign: Callabl
                 acc.add(i, gi)
     if problems and raise_problems:
         raise CompileError(problems)
+    if delayed and not problems:  # hinted rules: their readers of act(z) may recompute it from z
+        recompute_activations(g, nodes, out, start, list(seeds.values()))
     result = {w: acc.total(w) for w in wrt}
     if not raise_problems:
         result["__problems__"] = problems

@@ -17,7 +17,7 @@ GPU with the host once per layer, and GPU memory is ample.
 """
 from __future__ import annotations
 
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from .graph import Builder, Graph
 
@@ -79,3 +79,96 @@ def delay_forward_work(g: Graph, out: list, start: int, relevance: list, prefix:
                 n.input[k] = late[i]
     out[start:start] = hints
     return len(late)
+
+
+#: activations recomputed from their input by :func:`recompute_activations`
+RECOMPUTED = ("Relu", "Clip")
+
+
+def recompute_activations(g: Graph, forward: list, out: list, start: int, seeds: list) -> int:
+    """Read ``a = act(z)`` as a recomputed ``act(z)`` in the backward nodes ``out[start:]`` wherever ``z`` is
+    kept for them anyway; return how many activations no longer wait for the backward pass.
+
+    Below a ReLU6 the ε and γ rules divide by ``relu(z)`` (:func:`onnxplain.rules.support.support_of`),
+    so the backward pass reads the pre-activation ``z`` of the layer; the next layer's rule reads the
+    clipped output ``a = clip(z, 0, 6)`` as its input ``x`` (``x (.) c``, modified forwards).  The forward
+    pass then keeps both, each as large as the layer.  ``Clip``/``Relu`` with constant bounds is cheap and
+    exact to recompute (the same op on the same input: bit-identical), so every backward reader of ``a``
+    reads ``act(z)`` computed when the relevance reaches it, and ``a`` is freed once the forward pass has
+    used it.  MobileNetV2, ``lrp.epsilon``, batch 8: peak memory 493 → 300 MiB.
+
+    Applied only where every backward reader of ``z`` and of ``a`` depends on the relevance (``seeds``),
+    so that ``z`` lives until the readers of ``a`` anyway; the recomputation reads ``z`` through a
+    scheduling hint (:func:`after`) unless the reader of ``a`` is such a hint itself.
+    """
+    late, dep = _late_readers(out, start, seeds)
+    outputs = set(g.output_names())
+    before, after_node, count = {}, {}, 0
+    for act in forward:
+        if act.op_type not in RECOMPUTED or not act.input or act.output[0] in outputs:
+            continue
+        z, a = act.input[0], act.output[0]
+        if g.const(z) is not None or any(i and g.const(i) is None for i in act.input[1:]):
+            continue
+        if not (_reads_data(late.get(z)) and _reads_data(late.get(a))):
+            continue
+        recomputed = None
+        for reader in late[a]:
+            recomputed = _reread(g, act, reader, recomputed, dep, before, after_node)
+        count += 1
+    if count:
+        rebuilt = []
+        for n in out[start:]:
+            rebuilt += before.get(id(n), []) + [n] + after_node.get(id(n), [])
+        out[start:] = rebuilt
+    return count
+
+
+def _reads_data(readers) -> bool:
+    """Whether ``readers`` (from :func:`_late_readers`) is a list with a reader other than ``Shape``."""
+    return bool(readers) and any(n.op_type != "Shape" for n in readers)
+
+
+def _late_readers(out: list, start: int, seeds: list) -> tuple:
+    """tensor -> its readers among ``out[start:]`` in order, or False if one of them, other than a
+    ``Shape`` (which reads no data), does not depend on ``seeds``; and the tensors that depend on them."""
+    dep, readers = {s for s in seeds if s}, {}
+    for n in out[start:]:
+        is_late = any(i in dep for i in n.input if i)
+        if is_late:
+            dep.update(n.output)
+        for i in dict.fromkeys(i for i in n.input if i):
+            if readers.get(i) is not False:
+                readers[i] = readers.get(i, []) + [n] if is_late or n.op_type == "Shape" else False
+    return readers, dep
+
+
+def _reread(g: Graph, act, reader, recomputed, dep: set, before: dict, after_node: dict):
+    """Make ``reader`` read ``act(z)`` in place of ``act``'s output; return the recomputed tensor."""
+    z, a = act.input[0], act.output[0]
+    if reader.op_type == "Shape":  # the shape of a hint's tensor: z has the same
+        reader.input[0] = z
+        return recomputed
+    attrs = {x.name: helper.get_attribute_value(x) for x in act.attribute}
+    prefix = f"{act.name or a}/recomputed"
+    if reader.op_type == "Reshape" and reader.input[0] == a and f"/{SCHEDULE_SCOPE}/" in reader.name:
+        view = g.fresh(f"{prefix}/{SCHEDULE_SCOPE}/view")  # the hint's view, now of z
+        g.alias(view, z)
+        reader.input[0], result, reader.output[0] = z, reader.output[0], view
+        after_node.setdefault(id(reader), []).append(
+            helper.make_node(act.op_type, [view] + list(act.input[1:]), [result], name=g.fresh(prefix), **attrs))
+        return recomputed or result
+    if recomputed is None:
+        r = next((i for i in reader.input if i in dep), None)
+        if r is None:
+            return None
+        nodes: list = []
+        hint = Builder(g, nodes, f"{prefix}/{SCHEDULE_SCOPE}")
+        view = after(hint, g, z, zero_after(hint, r))
+        recomputed = Builder(g, nodes, prefix).op(act.op_type, view, *act.input[1:], **attrs)
+        g.alias(recomputed, a)
+        before.setdefault(id(reader), []).extend(nodes)
+    for k, i in enumerate(reader.input):
+        if i == a:
+            reader.input[k] = recomputed
+    return recomputed

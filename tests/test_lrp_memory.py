@@ -8,6 +8,10 @@
   run-time node an LRP rule emits depends on the explained output's seed; the same numbers with and
   without the hints; CUDA sessions drop the hints (``runtime/cuda_rewrite.for_cuda``) with bit-identical
   outputs.
+* Below a ReLU6 whose pre-activation ``z`` the backward pass reads anyway (ε, γ: ``relu(z)``), the next
+  layer's rule reads the clipped output as ``clip(z)`` recomputed late (``compiler/schedule.recompute_activations``),
+  so the forward pass does not keep both: float64 formulas, the clipped output read by forward nodes
+  only, the same numbers on CUDA's unhinted graph.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from onnx import helper
 
 import onnxplain
 from reference import make_model, rel_err, rng, run
-from test_lrp_rules import TOL, ref_rule, seed, stab
+from test_lrp_rules import TOL, _support_case, ref_rule, seed, stab
 
 
 def _residual_mlp(r):
@@ -116,6 +120,7 @@ def test_rule_work_waits_for_the_relevance(method, monkeypatch):
     early = [n.name for n in rule_nodes if n.output[0] not in seeded]
     assert early == []
     monkeypatch.setattr(emit_mod, "delay_forward_work", lambda *a: 0)
+    monkeypatch.setattr(emit_mod, "recompute_activations", lambda *a: 0)
     plain = onnxplain.compile(model, method, **params)
     assert not [n for n in plain.graph.node if "/lrp." in n.name and n.output[0] in _depends(plain, ["x"])
                 and n.output[0] not in _depends(plain, [m.output[0] for m in plain.graph.node
@@ -123,12 +128,14 @@ def test_rule_work_waits_for_the_relevance(method, monkeypatch):
     x = r.standard_normal((7, 5)).astype(np.float32)
     want = run(plain, {"x": x})[f"{method}/x"]
     np.testing.assert_allclose(run(compiled, {"x": x})[f"{method}/x"], want, rtol=1e-6, atol=1e-7)
-    # CUDA sessions: the hints are removed again, the graph is the plain one, bit for bit the same numbers
+    # CUDA sessions: the hints are removed again, the graph is the plain one (plus the activations read
+    # as recomputed from their kept input), bit for bit the same numbers
+    recomputed = [n.op_type for n in compiled.graph.node if "/recomputed" in n.name and "schedule" not in n.name]
     for_gpu = onnx.ModelProto()
     for_gpu.CopyFrom(compiled)
-    assert for_cuda(for_gpu) == len(compiled.graph.node) - len(plain.graph.node) > 0
+    assert for_cuda(for_gpu) == len(compiled.graph.node) - len(plain.graph.node) - len(recomputed) > 0
     onnx.checker.check_model(for_gpu, full_check=True)
-    assert sorted(n.op_type for n in for_gpu.graph.node) == sorted(n.op_type for n in plain.graph.node)
+    assert sorted(n.op_type for n in for_gpu.graph.node) == sorted([n.op_type for n in plain.graph.node] + recomputed)
     np.testing.assert_array_equal(run(for_gpu, {"x": x})[f"{method}/x"], run(compiled, {"x": x})[f"{method}/x"])
 
 
@@ -161,3 +168,40 @@ def test_compile_for_cuda(tmp_path):
     assert not needs_cuda_rewrite(onnx.load(str(out)))
     with pytest.raises(SystemExit):
         main(["compile", str(src), "-m", "gradient", "--device", "tpu", "-o", str(out)])
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("lower", ["lrp.epsilon", "lrp.gamma"])
+def test_clipped_output_recomputed_from_kept_preactivation(lower, signed):
+    """ε and γ (on a non-negative input) below ``Clip(z, 0, 6)`` read ``relu(z)``, so ``z`` is kept for the
+    backward pass; the upper layer's ε then reads its input as ``clip(z, 0, 6)`` recomputed there, and the
+    clipped output is read by the forward pass only.  Float64 formulas with pre-activations below 0, in
+    (0, 6) and above 6 (recomputing ``relu`` instead of the clip would differ); CUDA's unhinted graph
+    gives the same numbers bit for bit."""
+    from onnxplain.runtime.cuda_rewrite import for_cuda
+
+    c = _support_case(lower, "lrp.epsilon", relu6=True, signed=signed, seed_=23, n=16, scale=3.0)
+    z1 = c["z1"]
+    assert (z1 < 0).any() and ((z1 > 0) & (z1 < 6)).any() and (z1 > 6).any()
+    assert rel_err(c["got"], c["ref"]) < TOL
+    model = c["model"]
+    recomputed = [n for n in model.graph.node if n.op_type == "Clip" and "recomputed" in n.name]
+    readers = [n.name for n in model.graph.node if "a" in n.input]
+    if lower == "lrp.gamma" and signed:  # gamma's groups on a signed input read no relu(z): z is not kept
+        assert not recomputed and len(readers) == 2
+        return
+    assert readers == ["fc1"]  # the forward Gemm only: `a` dies with the forward pass
+    assert len(recomputed) == 1 and list(recomputed[0].input[1:]) == ["lo", "hi"]
+    for_gpu = onnx.ModelProto()
+    for_gpu.CopyFrom(model)
+    assert for_cuda(for_gpu) > 0
+    assert [n.name for n in for_gpu.graph.node if "a" in n.input] == ["fc1"]
+    np.testing.assert_array_equal(run(for_gpu, {"x": c["x"]})["lrp/x"], c["got"])
+
+
+def test_clipped_output_kept_where_preactivation_is_not():
+    """Under lrp.flat at the next layer the clipped output is not read by the backward pass, and nothing is
+    recomputed; the pre-activation alone is read (ε's ``relu(z)``)."""
+    c = _support_case("lrp.epsilon", "lrp.flat", relu6=True, signed=False, seed_=23, n=16, scale=3.0)
+    assert rel_err(c["got"], c["ref"]) < TOL
+    assert not [n for n in c["model"].graph.node if "recomputed" in n.name]

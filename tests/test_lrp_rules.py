@@ -476,7 +476,7 @@ def _support_case(lower, upper, relu6, signed, seed_, n, scale=1.0):
     # gamma its negative group (masked with Less(z, 0))
     mark = "GreaterOrEqual" if lower == "lrp.epsilon" else "Less"
     shortcut = not [n for n in compiled.graph.node if n.name.startswith("fc0/") and n.op_type == mark]
-    return dict(got=got, ref=ref, z1=z1, a1=a1, ra1=ra1, X=X, W1=W1, shortcut=shortcut)
+    return dict(got=got, ref=ref, z1=z1, a1=a1, ra1=ra1, X=X, W1=W1, shortcut=shortcut, model=compiled, x=x)
 
 
 @pytest.mark.parametrize("upper", ["lrp.epsilon", "lrp.flat"])
