@@ -231,15 +231,13 @@ def reset_peak_rss() -> bool:
 
 
 def release_memory() -> None:
-    """Collect garbage and return freed heap pages to the OS (glibc ``malloc_trim``)."""
-    import ctypes
+    """Collect garbage and return freed heap pages to the OS (glibc ``malloc_trim``, as ``make_session`` does)."""
     import gc
 
+    from onnxplain.runtime.heap import release_freed_heap
+
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    release_freed_heap()
 
 
 def git_state() -> str:

@@ -18,27 +18,22 @@ data and no live allocation; it costs a walk over the heap (milliseconds). Where
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
-from typing import Optional
-
-_TRIM: Optional[object] = None
-_LOOKED_UP = False
 
 
+@functools.lru_cache(maxsize=None)
 def _malloc_trim():
-    """glibc's ``malloc_trim`` as a ctypes function, or None where the process has none."""
-    global _TRIM, _LOOKED_UP
-    if not _LOOKED_UP:
-        _LOOKED_UP = True
-        if sys.platform.startswith("linux"):
-            try:
-                fn = getattr(ctypes.CDLL(None), "malloc_trim", None)
-            except OSError:
-                fn = None
-            if fn is not None:
-                fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-            _TRIM = fn
-    return _TRIM
+    """glibc's ``malloc_trim`` as a ctypes function, or None where the process has none (looked up once)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except OSError:
+        return None
+    if fn is not None:
+        fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
 
 
 def release_freed_heap() -> bool:
